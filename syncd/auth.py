@@ -1,0 +1,178 @@
+"""Bearer tokens of one connection: read from the store, refreshed single-flight.
+
+Refresh tokens rotate (the old one dies when the new pair is issued), so the new pair
+is committed before it is used, and only one refresh per connection runs at a time:
+a thread lock inside the process, the token row's lock across processes. A rejected
+refresh is final: the connection is marked as needing authorization in the same
+transaction that records ``connection.auth_failed``, and nothing calls the refresh
+endpoint again until an operator stores a new token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from syncd.api import TokenPair, refresh_grant
+from syncd.errors import AuthError
+from syncd.events import auth_failed_event
+from syncd.logging import get_logger, secrets
+from syncd.store import tokens
+from syncd.store.database import Database
+
+REFRESH_MARGIN_SECONDS = 300.0  # refresh this long before the access token expires
+REFRESH_PATH = "oauth/oauth_refresh.php"
+
+
+@dataclass(frozen=True)
+class ConnectionAuth:
+    """What the token manager needs to know about a connection, and nothing more."""
+
+    name: str
+    refresh_url: str
+    client_id: str
+    client_secret: str
+    bootstrap_refresh_token: str | None = None
+
+
+def reauthorize_hint(name: str) -> str:
+    return (
+        f"run 'syncd auth import --connection {name} --refresh-token TOKEN' "
+        "with a token from a new authorization"
+    )
+
+
+def is_fresh(token: tokens.StoredToken, now: datetime, margin: float) -> bool:
+    """True while the access token is usable for at least ``margin`` more seconds."""
+    return bool(
+        token.access_token
+        and token.expires_at is not None
+        and token.expires_at - timedelta(seconds=margin) > now
+    )
+
+
+class TokenManager:
+    """The :class:`syncd.api.TokenSource` of one connection."""
+
+    def __init__(
+        self,
+        auth: ConnectionAuth,
+        db: Database,
+        http: httpx.Client,
+        *,
+        clock: Callable[[], float] = time.time,
+        margin: float = REFRESH_MARGIN_SECONDS,
+    ) -> None:
+        self._auth = auth
+        self._db = db
+        self._http = http
+        self._clock = clock
+        self._margin = margin
+        self._lock = threading.Lock()
+        self._log = get_logger(connection=auth.name, job="auth")
+        secrets.add(auth.client_secret)
+        secrets.add(auth.bootstrap_refresh_token)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def access_token(self) -> str:
+        """A usable access token, refreshed first when it is about to expire."""
+        token = tokens.load(self._db, self._auth.name)
+        if token is not None:
+            self._check_usable(token)
+            if is_fresh(token, self._now(), self._margin):
+                assert token.access_token is not None
+                secrets.add(token.access_token)
+                return token.access_token
+        return self._refresh(stale_access=None)
+
+    def refresh_after_401(self, rejected: str) -> str:
+        """The API refused ``rejected``: refresh once (unless another caller just did)."""
+        return self._refresh(stale_access=rejected)
+
+    def _check_usable(self, token: tokens.StoredToken) -> None:
+        name = self._auth.name
+        if token.needs_authorization:
+            since = token.needs_authorization_since
+            when = f" since {since:%Y-%m-%d %H:%M UTC}" if since else ""
+            raise AuthError(
+                f"connection '{name}' needs authorization{when}: {token.auth_error}; "
+                + reauthorize_hint(name),
+                connection=name,
+            )
+        if not token.refresh_token and not token.access_token:
+            raise AuthError(
+                f"connection '{name}' has no token; " + reauthorize_hint(name), connection=name
+            )
+
+    def _refresh(self, stale_access: str | None) -> str:
+        name = self._auth.name
+        rejection: AuthError | None = None
+        with self._lock:
+            now = self._now()
+            with tokens.locked(
+                self._db, name, bootstrap_refresh_token=self._auth.bootstrap_refresh_token, now=now
+            ) as txn:
+                token = txn.token
+                if token is None:
+                    raise AuthError(
+                        f"connection '{name}' has no token; " + reauthorize_hint(name),
+                        connection=name,
+                    )
+                self._check_usable(token)
+                # Another thread or process may have refreshed while we waited for the lock.
+                if token.access_token != stale_access and is_fresh(token, now, self._margin):
+                    assert token.access_token is not None
+                    secrets.add(token.access_token)
+                    return token.access_token
+                if not token.refresh_token:
+                    raise AuthError(
+                        f"connection '{name}' has an expired access token and no refresh "
+                        "token; " + reauthorize_hint(name),
+                        connection=name,
+                    )
+                secrets.add(token.refresh_token)
+                try:
+                    pair = self._call_refresh(token.refresh_token)
+                except AuthError as exc:
+                    reason = str(exc)
+                    txn.mark_needs_authorization(
+                        reason, auth_failed_event(name, reason, token.refresh_token, now), now
+                    )
+                    rejection = AuthError(
+                        f"connection '{name}' needs authorization: {reason}; "
+                        + reauthorize_hint(name),
+                        connection=name,
+                        status_code=exc.status_code,
+                    )
+                else:
+                    # Committed when this block ends, before the new token is used.
+                    txn.save_pair(
+                        pair.access_token,
+                        pair.refresh_token,
+                        now + timedelta(seconds=pair.expires_in),
+                        now,
+                    )
+        if rejection is not None:
+            self._log.error("authorization lost", error=str(rejection))
+            raise rejection
+        self._log.info("access token refreshed", expires_in=pair.expires_in)
+        return pair.access_token
+
+    def _call_refresh(self, refresh_token: str) -> TokenPair:
+        pair = refresh_grant(
+            self._http,
+            self._auth.refresh_url,
+            self._auth.client_id,
+            self._auth.client_secret,
+            refresh_token,
+        )
+        secrets.add(pair.access_token)
+        secrets.add(pair.refresh_token)
+        return pair

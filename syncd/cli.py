@@ -1,0 +1,461 @@
+"""The ``syncd`` command line (DESIGN §4).
+
+Every expected failure ends in one line on stderr and the exit code of its exception
+(``syncd.errors``); a traceback only with ``--debug``. Heavy imports stay inside the
+commands, so ``syncd --help`` and a quiet ``run --once`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from syncd.errors import ConfigError, SyncdError
+
+if TYPE_CHECKING:
+    from syncd.config import Config
+
+app = typer.Typer(
+    name="syncd",
+    help="Keeps a local database in step with an InventoryArts account.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+auth_app = typer.Typer(help="Store and inspect the connections' tokens.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
+app.add_typer(db_app, name="db")
+
+
+class _State:
+    config_path: str | None = None
+    debug: bool = False
+
+
+state = _State()
+
+
+@app.callback()
+def _global(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config file (default: $SYNCD_CONFIG, ./syncd.toml, /etc/syncd/syncd.toml).",
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    state.config_path = config
+    state.debug = debug
+
+
+def _load() -> Config:
+    from syncd.config import find_config_path, load_config
+    from syncd.logging import configure_logging
+
+    config = load_config(find_config_path(state.config_path, os.environ), os.environ)
+    level = "debug" if state.debug else config.daemon.log_level
+    configure_logging(level, config.daemon.log_format)
+    return config
+
+
+def _echo(line: str) -> None:
+    typer.echo(line)
+
+
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    seconds = int((now - when).total_seconds())
+    return f"{when:%Y-%m-%d %H:%M:%S}Z ({_duration(seconds)} ago)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if abs(seconds) < 120:
+        return f"{seconds}s"
+    if abs(seconds) < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+# --- run ------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    once: Annotated[
+        bool, typer.Option("--once", help="One full cycle (poll, deliver), then exit.")
+    ] = False,
+) -> None:
+    """Run the daemon (or one cycle with --once)."""
+    from syncd.daemon import exit_code_for, run_daemon, run_once
+
+    config = _load()
+    if not once:
+        raise typer.Exit(run_daemon(config))
+    errors = run_once(config)
+    for error in errors:
+        _fail_line(error)
+    raise typer.Exit(exit_code_for(errors))
+
+
+# --- check ----------------------------------------------------------------------------
+
+
+@app.command()
+def check() -> None:
+    """Validate the config and database, and call me.php for each connection."""
+    from syncd.daemon import build_runtime, exit_code_for, opened
+
+    config = _load()
+    errors: list[SyncdError] = []
+    with opened(config, daemon=False) as db:
+        runtime = build_runtime(config, db, channels=[])
+        try:
+            for name, client in runtime.clients.items():
+                try:
+                    profile = client.me()
+                except SyncdError as exc:
+                    errors.append(exc)
+                    _fail_line(exc)
+                    continue
+                label = profile.get("connection_label") or profile.get("name") or "?"
+                _echo(f"{name}: {label}")
+        finally:
+            runtime.close()
+    if not errors:
+        _echo(f"config {config.path} and database ok")
+    raise typer.Exit(exit_code_for(errors))
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def _status_report(config: Config) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
+    from syncd.store import outbox, tokens
+    from syncd.store.database import open_database
+    from syncd.store.mirror import MIRROR
+    from syncd.store.state import load_state
+
+    now = datetime.now(UTC)
+    db = open_database(config.database.url)
+    try:
+        connections = []
+        for connection in config.connections:
+            st = load_state(db, connection.name) or {}
+            token = tokens.load(db, connection.name)
+            with db.read() as conn:
+                mirrored = conn.execute(
+                    select(func.count())
+                    .select_from(MIRROR)
+                    .where(MIRROR.c.connection == connection.name)
+                ).scalar_one()
+            if token is None:
+                auth = "no token" if not connection.refresh_token else "bootstrap token configured"
+            elif token.needs_authorization:
+                auth = "needs authorization"
+            else:
+                auth = "authorized"
+            connections.append(
+                {
+                    "name": connection.name,
+                    "authorization": auth,
+                    "auth_error": token.auth_error if token else None,
+                    "needs_authorization_since": _iso(
+                        token.needs_authorization_since if token else None
+                    ),
+                    "token_expires_at": _iso(token.expires_at if token else None),
+                    "last_poll_at": _iso(st.get("last_poll_at")),
+                    "last_outcome": st.get("last_outcome"),
+                    "last_error": st.get("last_error"),
+                    "last_success_at": _iso(st.get("last_success_at")),
+                    "failing_since": _iso(st.get("failing_since")),
+                    "gap_open": bool(st.get("gap_open", False)),
+                    "orders_mirrored": int(mirrored),
+                }
+            )
+        sinks = []
+        for sink in config.sinks:
+            s = outbox.sink_status(db, sink.name)
+            sinks.append(
+                {
+                    "name": sink.name,
+                    "type": sink.type,
+                    "cursor": s.position,
+                    "pending": s.pending,
+                    "delivered": s.delivered,
+                    "dead_letters": s.dead_letters,
+                    "last_error": s.last_error,
+                    "last_error_at": _iso(s.last_error_at),
+                }
+            )
+    finally:
+        db.close()
+    return {"generated_at": _iso(now), "connections": connections, "sinks": sinks}
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat().replace("+00:00", "Z") if when else None
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per connection: last poll and outcome, orders, token; per sink: pending, dead letters."""
+    config = _load()
+    report = _status_report(config)
+    if as_json:
+        _echo(json.dumps(report, indent=2))
+        return
+    now = datetime.now(UTC)
+    for c in report["connections"]:
+        _echo(f"connection {c['name']}")
+        outcome = c["last_outcome"] or "not polled yet"
+        _echo(f"  last poll      {_ago(_parse_iso(c['last_poll_at']), now)}: {outcome}")
+        if c["last_error"] and c["last_outcome"] != "ok":
+            _echo(f"  last error     {c['last_error']}")
+        _echo(f"  orders         {c['orders_mirrored']} mirrored")
+        _echo(f"  authorization  {_auth_line(c, now)}")
+        if c["gap_open"]:
+            _echo("  gap            open: orders may have been missed, polling sooner")
+    for s in report["sinks"]:
+        _echo(f"sink {s['name']} ({s['type']})")
+        _echo(f"  pending        {s['pending']} (cursor {s['cursor']})")
+        _echo(f"  dead letters   {s['dead_letters']}")
+        if s["last_error"]:
+            _echo(f"  last error     {s['last_error']}")
+
+
+def _auth_line(c: dict[str, Any], now: datetime) -> str:
+    if c["authorization"] == "needs authorization":
+        since = _parse_iso(c["needs_authorization_since"])
+        return f"NEEDS AUTHORIZATION since {_ago(since, now)}: {c['auth_error']}"
+    expires = _parse_iso(c["token_expires_at"])
+    if c["authorization"] == "authorized" and expires is not None:
+        left = (expires - now).total_seconds()
+        when = f"expires in {_duration(left)}" if left > 0 else "access token expired"
+        return f"authorized, {when} (refreshed automatically)"
+    return str(c["authorization"])
+
+
+# --- auth -----------------------------------------------------------------------------
+
+
+@auth_app.command("import")
+def auth_import(
+    refresh_token: Annotated[
+        str, typer.Option("--refresh-token", help="The refresh token.", show_default=False)
+    ],
+    connection: Annotated[str | None, typer.Option("--connection", help="Connection name.")] = None,
+    access_token: Annotated[
+        str | None, typer.Option("--access-token", help="A current access token.")
+    ] = None,
+    expires_in: Annotated[
+        int | None, typer.Option("--expires-in", help="Seconds the access token is valid.")
+    ] = None,
+) -> None:
+    """Store a token pair obtained elsewhere."""
+    from syncd.logging import secrets
+    from syncd.store import tokens
+    from syncd.store.database import open_database
+
+    secrets.add(refresh_token)
+    secrets.add(access_token)
+    config = _load()
+    target = config.connection(connection)
+    if (access_token is None) != (expires_in is None):
+        raise ConfigError("--access-token and --expires-in go together")
+    now = datetime.now(UTC)
+    db = open_database(config.database.url)
+    try:
+        tokens.store_pair(
+            db,
+            target.name,
+            refresh_token=refresh_token,
+            access_token=access_token,
+            expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
+            now=now,
+        )
+    finally:
+        db.close()
+    _echo(f"stored tokens for connection {target.name}")
+
+
+@auth_app.command("status")
+def auth_status() -> None:
+    """Which connections hold tokens, when they expire, which need authorization."""
+    from syncd.store import tokens
+    from syncd.store.database import open_database
+
+    config = _load()
+    now = datetime.now(UTC)
+    db = open_database(config.database.url)
+    try:
+        stored = tokens.load_all(db)
+    finally:
+        db.close()
+    needs = False
+    for connection in config.connections:
+        token = stored.get(connection.name)
+        if token is None:
+            if connection.refresh_token:
+                line = "no stored token yet (a bootstrap refresh token is configured)"
+            else:
+                line, needs = "NO TOKEN: run 'syncd auth import'", True
+        elif token.needs_authorization:
+            needs = True
+            line = (
+                f"NEEDS AUTHORIZATION since {_ago(token.needs_authorization_since, now)}: "
+                f"{token.auth_error}"
+            )
+        elif token.expires_at is None:
+            line = "refresh token stored, no access token yet"
+        else:
+            left = (token.expires_at - now).total_seconds()
+            line = (
+                f"authorized, access token expires in {_duration(left)}"
+                if left > 0
+                else "authorized, access token expired (refreshed on next use)"
+            )
+        _echo(f"{connection.name}: {line}")
+    raise typer.Exit(3 if needs else 0)
+
+
+# --- checkin --------------------------------------------------------------------------
+
+
+@app.command()
+def checkin(
+    item_id: Annotated[int, typer.Argument(help="The inventory item id.", show_default=False)],
+    action: Annotated[
+        str,
+        typer.Option("--type", help="return_borrowed or checkin_loaned.", show_default=False),
+    ],
+    connection: Annotated[str | None, typer.Option("--connection", help="Connection name.")] = None,
+) -> None:
+    """Check an item back in (item_checkin.php) and print the server's message."""
+    from syncd.api import CHECKIN_TYPES
+
+    if action not in CHECKIN_TYPES:
+        raise ConfigError(f"--type must be one of {', '.join(CHECKIN_TYPES)}, not {action!r}")
+    from syncd.daemon import build_runtime, opened
+
+    config = _load()
+    target = config.connection(connection)
+    with opened(config, daemon=False) as db:
+        runtime = build_runtime(config, db, channels=[])
+        try:
+            result = runtime.clients[target.name].item_checkin(item_id, action)
+        finally:
+            runtime.close()
+    _echo(result.message)
+
+
+# --- db -------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations."""
+    from syncd.store.database import open_database, upgrade
+
+    config = _load()
+    db = open_database(config.database.url, migrate=False)
+    try:
+        revision = upgrade(db)
+    finally:
+        db.close()
+    _echo(f"database at revision {revision}")
+
+
+# --- simulator and demo ---------------------------------------------------------------
+
+
+@app.command()
+def simulator(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    orders: Annotated[int, typer.Option(help="Orders to start with.")] = 25,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+) -> None:
+    """Serve the bundled InventoryArts simulator."""
+    from syncd.simulator import serve
+
+    serve(host, port, orders=orders, seed=seed)
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the demo keeps its database and events.")
+    ] = Path("demo-state"),
+    seconds: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+) -> None:
+    """Simulator + daemon + a console sink on a SQLite file: watch orders flow."""
+    from syncd.demo import run_demo
+
+    raise typer.Exit(run_demo(directory, seconds))
+
+
+# --- entry point ----------------------------------------------------------------------
+
+
+def _fail_line(error: BaseException | str) -> None:
+    from syncd.logging import redact
+
+    text = error if isinstance(error, str) else (str(error) or type(error).__name__)
+    sys.stderr.write(f"syncd: {redact(text)}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one line and a documented exit code for every failure."""
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code = command.main(args=args, prog_name="syncd", standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        sys.stderr.write("syncd: aborted\n")
+        code = 130
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as is
+            sys.stderr.write(exc.format_message() + "\n")
+        else:  # usage errors: the parser's own message, as one line (exit 2)
+            _fail_line(" ".join(exc.format_message().split()))
+        code = exc.exit_code
+    except SyncdError as exc:
+        if debug:
+            raise
+        _fail_line(exc)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        if debug:
+            raise
+        _fail_line(f"unexpected error: {type(exc).__name__}: {exc} (--debug shows more)")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,344 @@
+"""The composition root: builds syncd from its configuration and runs it.
+
+``run_once`` is one full cycle (poll every connection, deliver every pending event);
+``run_daemon`` is the long-lived service: an APScheduler job per connection (one
+instance at a time, coalesced), a dispatcher thread woken by every commit that added
+events, and a clean stop on SIGTERM/SIGINT. Only this module and the CLI see the whole
+configuration; everything below gets small typed pieces of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from syncd.api import InventoryArtsClient, RetryPolicy
+from syncd.auth import REFRESH_PATH, ConnectionAuth, TokenManager
+from syncd.config import Config, ConnectionConfig
+from syncd.diff import next_poll_delay
+from syncd.errors import ApiError, AuthError, SinkUnavailable, SyncdError
+from syncd.logging import get_logger, secrets
+from syncd.outbox import Channel, Dispatcher
+from syncd.poller import poll_connection
+from syncd.sinks.base import Sink, sink_class
+from syncd.store.database import Database, InstanceLock, open_database, sqlite_path
+
+SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight work may finish this long after SIGTERM
+START_SPREAD_SECONDS = 5.0  # first polls spread over this window, not all at once
+
+
+class ShuttingDown(Exception):
+    """Raised from an interrupted sleep when the daemon is stopping."""
+
+
+def build_sinks(config: Config) -> list[Channel]:
+    """The configured sinks, each behind a delivery channel (ConfigError if one is missing)."""
+    channels = []
+    for sink_config in config.sinks:
+        sink: Sink = sink_class(sink_config.type).from_config(sink_config)
+        secret = getattr(sink_config, "secret", None)
+        if secret is not None:
+            secrets.add(secret.get_secret_value())
+        channels.append(Channel(sink, tuple(sink_config.types)))
+    return channels
+
+
+def connection_auth(connection: ConnectionConfig) -> ConnectionAuth:
+    bootstrap = connection.refresh_token
+    return ConnectionAuth(
+        name=connection.name,
+        refresh_url=connection.base_url + REFRESH_PATH,
+        client_id=connection.client_id,
+        client_secret=connection.client_secret.get_secret_value(),
+        bootstrap_refresh_token=bootstrap.get_secret_value() if bootstrap else None,
+    )
+
+
+@dataclass
+class Runtime:
+    """Everything a run needs, built once from the configuration."""
+
+    config: Config
+    db: Database
+    clients: dict[str, InventoryArtsClient]
+    dispatcher: Dispatcher
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            close()
+
+
+def build_runtime(
+    config: Config,
+    db: Database,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+    channels: list[Channel] | None = None,
+) -> Runtime:
+    refresh_http = httpx.Client(timeout=config.http.timeout, follow_redirects=False)
+    policy = RetryPolicy(
+        max_attempts=config.http.max_attempts, retry_after_max=config.http.retry_after_max
+    )
+    clients = {}
+    for connection in config.connections:
+        tokens = TokenManager(connection_auth(connection), db, refresh_http, clock=clock)
+        clients[connection.name] = InventoryArtsClient(
+            connection.base_url,
+            tokens,
+            timeout=config.http.timeout,
+            policy=policy,
+            sleep=sleep,
+            clock=clock,
+            log=get_logger(connection=connection.name, job="poll"),
+        )
+    dispatcher = Dispatcher(
+        db, channels if channels is not None else build_sinks(config), clock=clock
+    )
+    closers: list[Callable[[], None]] = [refresh_http.close]
+    closers += [client.close for client in clients.values()]
+    closers.append(dispatcher.close)
+    return Runtime(config, db, clients, dispatcher, closers)
+
+
+@contextmanager
+def opened(config: Config, *, daemon: bool) -> Iterator[Database]:
+    """The database, migrated, with the SQLite instance lock held for the block."""
+    lock = None
+    db_file = sqlite_path(config.database.url)
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = InstanceLock.acquire(db_file, exclusive=daemon)
+    try:
+        db = open_database(config.database.url)
+        try:
+            yield db
+        finally:
+            db.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def exit_code_for(errors: list[SyncdError]) -> int:
+    """One exit code for a run that met several failures: authorization first."""
+    if not errors:
+        return 0
+    if any(isinstance(e, AuthError) for e in errors):
+        return 3
+    if any(e.exit_code == 4 for e in errors):
+        return 4
+    return max(e.exit_code for e in errors)
+
+
+def run_once(
+    config: Config,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+    channels: list[Channel] | None = None,
+) -> list[SyncdError]:
+    """One full cycle; returns the failures met (empty: success). Work is kept either way."""
+    errors: list[SyncdError] = []
+    channels = channels if channels is not None else build_sinks(config)
+    with opened(config, daemon=False) as db:
+        runtime = build_runtime(config, db, sleep=sleep, clock=clock, channels=channels)
+        try:
+            for name, client in runtime.clients.items():
+                try:
+                    poll_connection(name, client, db, clock=clock)
+                except ApiError as exc:
+                    errors.append(exc)
+            errors += deliver_all(runtime.dispatcher, config.http.max_attempts, sleep, clock)
+        finally:
+            runtime.close()
+    return errors
+
+
+def deliver_all(
+    dispatcher: Dispatcher,
+    max_attempts: int,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> list[SyncdError]:
+    """Deliver every pending event, giving a failing sink ``max_attempts`` tries."""
+    for attempt in range(1, max_attempts + 1):
+        result = dispatcher.deliver_due()
+        if not result.failing:
+            return []
+        if attempt < max_attempts and result.next_attempt_at is not None:
+            sleep(max(0.0, result.next_attempt_at - clock()))
+    failing = [c for c in dispatcher.channels if c.failures]
+    return [
+        SinkUnavailable(
+            f"sink {c.name!r} unavailable, events kept for the next run: {c.last_error}"
+        )
+        for c in failing
+    ]
+
+
+class Daemon:
+    """The long-running service."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        *,
+        clock: Callable[[], float] = time.time,
+        channels: list[Channel] | None = None,
+    ):
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.config = config
+        self.db = db
+        self.stop_event = threading.Event()
+        self._clock = clock
+        self._running = 0
+        self._running_changed = threading.Condition()
+        self.runtime = build_runtime(config, db, sleep=self._sleep, clock=clock, channels=channels)
+        workers = max(2, min(20, len(config.connections)))
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=workers)}, timezone=UTC
+        )
+        self._log = get_logger(job="daemon")
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop_event.wait(seconds):
+            raise ShuttingDown
+
+    def _tracked(self, fn: Callable[..., None]) -> Callable[..., None]:
+        def run(*args: Any) -> None:
+            with self._running_changed:
+                self._running += 1
+            try:
+                fn(*args)
+            finally:
+                with self._running_changed:
+                    self._running -= 1
+                    self._running_changed.notify_all()
+
+        return run
+
+    def poll_job(self, connection: ConnectionConfig) -> None:
+        if self.stop_event.is_set():
+            return
+        client = self.runtime.clients[connection.name]
+        log = get_logger(connection=connection.name, job="poll")
+        delay: float | None = None
+        try:
+            result = poll_connection(connection.name, client, self.db, clock=self._clock)
+        except ShuttingDown:
+            log.debug("poll abandoned: shutting down")
+            return
+        except ApiError as exc:
+            if exc.retry_after is not None and exc.retry_after > connection.poll_interval:
+                delay = exc.retry_after  # the server asked us to stay away that long
+        except Exception:  # the daemon outlives a bug in one poll; the next one retries
+            log.exception("poll crashed")
+            return
+        else:
+            if result.events:
+                self.runtime.dispatcher.wake()
+            if result.gap_detected:
+                delay = next_poll_delay(connection.poll_interval, gap_detected=True)
+        if delay is not None and not self.stop_event.is_set():
+            when = datetime.now(UTC) + timedelta(seconds=delay)
+            self.scheduler.modify_job(f"poll:{connection.name}", next_run_time=when)
+
+    def start(self) -> None:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        now = datetime.now(UTC)
+        for connection in self.config.connections:
+            # A stable offset per connection, so restarts and many connections do not
+            # all poll at the same instant.
+            spread = min(START_SPREAD_SECONDS, connection.poll_interval)
+            offset = (zlib.crc32(connection.name.encode()) % 1000) / 1000 * spread
+            self.scheduler.add_job(
+                self._tracked(self.poll_job),
+                IntervalTrigger(seconds=connection.poll_interval, timezone=UTC),
+                args=[connection],
+                id=f"poll:{connection.name}",
+                name=f"poll {connection.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(connection.poll_interval)),
+                next_run_time=now + timedelta(seconds=offset),
+            )
+        self.scheduler.start()
+        self._dispatcher_thread = threading.Thread(
+            target=self._tracked(lambda: self.runtime.dispatcher.run(self.stop_event)),
+            name="syncd-dispatcher",
+            daemon=True,
+        )
+        self._dispatcher_thread.start()
+        self._log.info(
+            "syncd started",
+            connections=[c.name for c in self.config.connections],
+            sinks=[c.name for c in self.runtime.dispatcher.channels],
+        )
+
+    def request_stop(self, *_: object) -> None:
+        self.stop_event.set()
+        self.runtime.dispatcher.wake()
+
+    def wait(self) -> None:
+        self.stop_event.wait()
+
+    def shutdown(self) -> bool:
+        """Stop taking work, let in-flight work finish; False if it had to be abandoned."""
+        self._log.info("stopping")
+        self.stop_event.set()
+        self.runtime.dispatcher.wake()
+        self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        with self._running_changed:
+            while self._running and time.monotonic() < deadline:
+                self._running_changed.wait(deadline - time.monotonic())
+            clean = self._running == 0
+        if clean:
+            self.runtime.close()
+        self._log.info("stopped" if clean else "stopped, abandoning in-flight requests")
+        return clean
+
+
+def run_daemon(config: Config) -> int:
+    """``syncd run``: serve until SIGTERM or SIGINT, then exit 0."""
+    with opened(config, daemon=True) as db:
+        daemon = Daemon(config, db)
+        previous = {
+            sig: signal.signal(sig, daemon.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            daemon.start()
+            daemon.wait()
+        finally:
+            clean = daemon.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if not clean:
+            # A request still in flight holds a worker thread; its transaction never
+            # began, so leaving now loses nothing.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+    return 0
+
+
+def _signal_name(signum: int, _frame: FrameType | None) -> str:  # pragma: no cover
+    return signal.Signals(signum).name

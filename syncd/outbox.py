@@ -1,0 +1,182 @@
+"""The dispatcher: moves events from the outbox to each sink, on that sink's own cursor.
+
+Every sink advances independently, so one that is down never holds back another. A
+sink that fails backs off (full jitter, capped) and logs the failure once and its
+recovery once. An event a sink refuses for good goes to the dead letters and delivery
+goes on. The dispatcher never talks to the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+
+from syncd.backoff import full_jitter
+from syncd.errors import SinkError, SinkRejected
+from syncd.events import StoredEvent
+from syncd.logging import get_logger
+from syncd.sinks.base import Sink
+from syncd.store import outbox
+from syncd.store.database import Database
+
+BATCH_SIZE = 500
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 300.0
+
+
+def matches(event_type: str, filters: Sequence[str]) -> bool:
+    """True when a sink with these ``types`` filters wants this event (none: all)."""
+    return not filters or any(fnmatchcase(event_type, pattern) for pattern in filters)
+
+
+@dataclass
+class Channel:
+    """A sink and the state of delivery to it."""
+
+    sink: Sink
+    filters: tuple[str, ...] = ()
+    failures: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+    opened: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.sink.name
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one pass over the sinks achieved."""
+
+    delivered: int
+    failing: tuple[str, ...]
+    next_attempt_at: float | None  # the earliest time a failing sink may be tried again
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        channels: Sequence[Channel],
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        batch_size: int = BATCH_SIZE,
+        backoff_max: float = BACKOFF_MAX,
+    ) -> None:
+        self._db = db
+        self.channels = list(channels)
+        self._clock = clock
+        self._rand = rand
+        self._batch_size = batch_size
+        self._backoff_max = backoff_max
+        self._wake = threading.Event()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def deliver_due(self) -> Round:
+        """Deliver every pending event to every sink that is not backing off."""
+        delivered, failing = 0, []
+        for channel in self.channels:
+            if channel.next_attempt_at > self._clock():
+                failing.append(channel.name)
+                continue
+            count, ok = self._drain(channel)
+            delivered += count
+            if not ok:
+                failing.append(channel.name)
+        waits = [c.next_attempt_at for c in self.channels if c.failures]
+        return Round(delivered, tuple(failing), min(waits) if waits else None)
+
+    def _drain(self, channel: Channel) -> tuple[int, bool]:
+        delivered = 0
+        while True:
+            position = outbox.cursor_position(self._db, channel.name)
+            batch = outbox.read_after(self._db, position, self._batch_size)
+            if not batch:
+                return delivered, True
+            wanted = [event for event in batch if matches(event.type, channel.filters)]
+            try:
+                if not channel.opened:
+                    channel.sink.open()
+                    channel.opened = True
+                if wanted:
+                    channel.sink.send(wanted)
+            except SinkError as exc:
+                delivered += exc.delivered
+                if not self._failed(channel, batch, wanted, exc):
+                    return delivered, False
+                continue
+            outbox.advance_cursor(self._db, channel.name, batch[-1].seq, len(wanted), self._now())
+            delivered += len(wanted)
+            self._succeeded(channel)
+
+    def _failed(
+        self,
+        channel: Channel,
+        batch: Sequence[StoredEvent],
+        wanted: Sequence[StoredEvent],
+        exc: SinkError,
+    ) -> bool:
+        """Record a failed send; True when delivery can go on (the event was dead-lettered)."""
+        log = get_logger(sink=channel.name, job="deliver")
+        now = self._now()
+        if exc.delivered:
+            last = wanted[exc.delivered - 1]
+            outbox.advance_cursor(self._db, channel.name, last.seq, exc.delivered, now)
+        if isinstance(exc, SinkRejected) and exc.delivered < len(wanted):
+            refused = wanted[exc.delivered]
+            # Events the filter skipped before the refused one are passed over with it.
+            outbox.dead_letter(self._db, channel.name, refused, str(exc), now)
+            log.error("event dead-lettered", event_id=refused.event_id, error=str(exc))
+            return True
+        channel.failures += 1
+        delay = full_jitter(channel.failures, BACKOFF_BASE, self._backoff_max, self._rand)
+        channel.next_attempt_at = self._clock() + max(delay, 0.05)
+        if channel.last_error is None:
+            log.error("sink failing, events kept in the outbox", error=str(exc))
+        channel.last_error = str(exc)
+        channel.opened = False
+        with contextlib.suppress(Exception):  # a broken sink may fail to close too
+            channel.sink.close()
+        outbox.record_sink_error(self._db, channel.name, str(exc), now)
+        return False
+
+    def _succeeded(self, channel: Channel) -> None:
+        if channel.failures:
+            get_logger(sink=channel.name, job="deliver").info(
+                "sink recovered", failures=channel.failures
+            )
+        channel.failures = 0
+        channel.next_attempt_at = 0.0
+        channel.last_error = None
+
+    # -- driving it --
+
+    def wake(self) -> None:
+        """New events were committed: deliver them now."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event, idle: float = 30.0) -> None:
+        """Deliver until ``stop`` is set: on every wake-up, and when a backoff ends."""
+        while not stop.is_set():
+            self._wake.clear()
+            result = self.deliver_due()
+            timeout = idle
+            if result.next_attempt_at is not None:
+                timeout = min(idle, max(0.0, result.next_attempt_at - self._clock()))
+            self._wake.wait(timeout)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            if channel.opened:
+                channel.sink.close()
+                channel.opened = False

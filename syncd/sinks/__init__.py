@@ -1,0 +1,1 @@
+"""Event sinks: one module per backend, found through the ``syncd.sinks`` entry points."""

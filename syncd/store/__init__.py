@@ -1,0 +1,1 @@
+"""Persistence: tables, migrations and the transactions that change them."""

@@ -1,0 +1,139 @@
+"""The one transaction that applies a poll: mirror rows, their events, the poll's outcome.
+
+Either the mirror change, its events and the connection's new state all commit, or
+none of them does; a kill -9 at any point leaves the previous poll's state whole, and
+the next poll recomputes the same changes with the same event ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select, update
+
+from syncd.diff import ChangeKind, MirroredOrder, OrderChange, detect_gap, diff_window
+from syncd.events import gap_event, order_events
+from syncd.records import PurchaseOrder
+from syncd.store.database import Database
+from syncd.store.outbox import append_events
+from syncd.store.schema import PurchaseOrderRow
+from syncd.store.state import previous_outcome, save_state
+
+MIRROR = PurchaseOrderRow.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """What one applied poll did."""
+
+    returned: int
+    created: int
+    updated: int
+    gap_detected: bool
+    events: int
+    previous_outcome: str | None
+
+
+def _mirrored(conn: Connection, connection: str, ids: list[int]) -> dict[int, MirroredOrder]:
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(
+            MIRROR.c.id,
+            MIRROR.c.po_number,
+            MIRROR.c.vendor_name,
+            MIRROR.c.grand_total,
+            MIRROR.c.status,
+            MIRROR.c.items_summary,
+            MIRROR.c.version,
+        ).where(MIRROR.c.connection == connection, MIRROR.c.id.in_(ids))
+    )
+    return {row.id: MirroredOrder(*row) for row in rows}
+
+
+def _mirror_empty(conn: Connection, connection: str) -> bool:
+    found = conn.execute(select(MIRROR.c.id).where(MIRROR.c.connection == connection).limit(1))
+    return found.first() is None
+
+
+def _business_row(order: PurchaseOrder, version: int, now: datetime) -> dict[str, object]:
+    return {
+        "po_number": order.po_number,
+        "vendor_name": order.vendor_name,
+        "grand_total": order.grand_total,
+        "status": order.status,
+        "items_summary": order.items_summary,
+        "version": version,
+        "last_seen_at": now,
+        "updated_at": now,
+    }
+
+
+def _write_changes(
+    conn: Connection, connection: str, changes: list[OrderChange], now: datetime
+) -> None:
+    created = [
+        {"connection": connection, "id": c.order.id, "first_seen_at": now}
+        | _business_row(c.order, c.version, now)
+        for c in changes
+        if c.kind is ChangeKind.CREATED
+    ]
+    if created:
+        conn.execute(MIRROR.insert(), created)
+    for change in changes:
+        if change.kind is ChangeKind.UPDATED:
+            conn.execute(
+                update(MIRROR)
+                .where(MIRROR.c.connection == connection, MIRROR.c.id == change.order.id)
+                .values(**_business_row(change.order, change.version, now))
+            )
+    unchanged = [c.order.id for c in changes if c.kind is ChangeKind.UNCHANGED]
+    if unchanged:
+        conn.execute(
+            update(MIRROR)
+            .where(MIRROR.c.connection == connection, MIRROR.c.id.in_(unchanged))
+            .values(last_seen_at=now)
+        )
+
+
+def apply_poll(
+    db: Database, connection: str, orders: tuple[PurchaseOrder, ...], now: datetime
+) -> PollOutcome:
+    """Diff the returned window against the mirror and commit it with its events."""
+    ids = [order.id for order in orders]
+    with db.write() as conn:
+        mirrored = _mirrored(conn, connection, ids)
+        mirror_empty = not mirrored and _mirror_empty(conn, connection)
+        # Events of a poll go out oldest order first.
+        changes = sorted(diff_window(orders, mirrored), key=lambda c: c.order.id)
+        gap = detect_gap(ids, mirrored, mirror_empty)
+        events = order_events(connection, changes, now)
+        if gap:
+            known_before = conn.execute(
+                select(func.count()).select_from(MIRROR).where(MIRROR.c.connection == connection)
+            ).scalar_one()
+            events.append(gap_event(connection, ids, int(known_before), now))
+        _write_changes(conn, connection, changes, now)
+        append_events(conn, events, now)
+        previous = previous_outcome(conn, connection)
+        save_state(
+            conn,
+            connection,
+            {
+                "last_poll_at": now,
+                "last_outcome": "ok",
+                "last_error": None,
+                "last_success_at": now,
+                "failing_since": None,
+                "gap_open": gap,
+            },
+        )
+    return PollOutcome(
+        returned=len(orders),
+        created=sum(c.kind is ChangeKind.CREATED for c in changes),
+        updated=sum(c.kind is ChangeKind.UPDATED for c in changes),
+        gap_detected=gap,
+        events=len(events),
+        previous_outcome=previous,
+    )
