@@ -1,0 +1,28 @@
+# Each target creates its own virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint check clean
+
+$(BIN)/syncd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(BIN)/syncd  ## install, then run the simulator + daemon + console sink
+	$(BIN)/syncd demo
+
+test: $(BIN)/syncd  ## install, then run the test suite
+	$(BIN)/pytest -q
+
+lint: $(BIN)/syncd  ## ruff and mypy (strict) on syncd/
+	$(BIN)/ruff check syncd tests
+	$(BIN)/ruff format --check syncd tests
+	$(BIN)/mypy
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,195 @@
+"""Shared fixtures: the simulator over loopback, config files, databases, the CLI.
+
+PostgreSQL tests run when ``SYNCD_TEST_DATABASE_URL`` names a server (``.ci/run`` sets
+it); each test gets its own schema there, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncd.logging import secrets
+from syncd.simulator import Simulator
+
+PG_URL = os.environ.get("SYNCD_TEST_DATABASE_URL", "")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Each test starts with an empty secret registry."""
+    yield
+    secrets.clear()
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    """A fresh simulator with 25 orders, serving on a free loopback port."""
+    with Simulator(seed=1, orders=25).start() as simulator:
+        yield simulator
+
+
+def _pg_schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a new, empty schema (dropped afterwards)."""
+    if not PG_URL:
+        pytest.skip("SYNCD_TEST_DATABASE_URL is not set: no PostgreSQL to test against")
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    plain = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield _pg_schema_url(PG_URL, schema)
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store test runs on SQLite and, when available, on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'syncd.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@dataclass
+class Setup:
+    """A config file pointing at the simulator, and the environment that fills it."""
+
+    path: Path
+    env: dict[str, str]
+    state_dir: Path
+    events_file: Path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Setup]:
+    """Factory: write a syncd.toml for ``sim`` (one connection, a JSONL sink)."""
+
+    def make(
+        sim: Simulator,
+        *,
+        refresh_token: str | None = None,
+        database_url: str | None = None,
+        extra: str = "",
+        connection_extra: str = "",
+        name: str = "band",
+        max_attempts: int = 3,
+        retry_after_max: int = 30,
+        sinks: str | None = None,
+    ) -> Setup:
+        if refresh_token is None:
+            refresh_token = str(sim.issue_tokens()["refresh_token"])
+        state_dir = tmp_path / "state"
+        events_file = state_dir / "events.jsonl"
+        database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
+        sink_text = (
+            sinks
+            if sinks is not None
+            else f'[[sinks]]\nname = "events-file"\ntype = "jsonl"\npath = "{events_file}"\n'
+        )
+        text = f"""
+[daemon]
+state_dir = "{state_dir}"
+log_level = "info"
+log_format = "json"
+listen = ""
+
+{database}
+[http]
+timeout = 5
+max_attempts = {max_attempts}
+retry_after_max = {retry_after_max}
+
+[[connections]]
+name = "{name}"
+base_url = "{sim.base_url}"
+client_id = "{sim.client_id}"
+client_secret = "${{SYNCD_CLIENT_SECRET}}"
+refresh_token = "${{SYNCD_REFRESH_TOKEN:-}}"
+poll_interval = "1s"
+{connection_extra}
+
+{sink_text}
+{extra}
+"""
+        path = tmp_path / "syncd.toml"
+        path.write_text(text)
+        env = {
+            "SYNCD_CLIENT_SECRET": sim.client_secret,
+            "SYNCD_REFRESH_TOKEN": refresh_token,
+        }
+        return Setup(path=path, env=env, state_dir=state_dir, events_file=events_file)
+
+    return make
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def syncd_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_syncd(setup: Setup, *args: str, timeout: float = 60.0) -> CliResult:
+    """Run ``python -m syncd --config <setup> ARGS`` as its own process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncd", "--config", str(setup.path), *args],
+        capture_output=True,
+        text=True,
+        env=syncd_env(setup.env),
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_syncd(setup: Setup, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """Start ``syncd --config <setup> ARGS`` in the background (the caller stops it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncd", "--config", str(setup.path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=syncd_env(setup.env),
+        cwd=REPO,
+        **popen,
+    )
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
