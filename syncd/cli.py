@@ -31,8 +31,10 @@ app = typer.Typer(
 )
 auth_app = typer.Typer(help="Store and inspect the connections' tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+pdfs_app = typer.Typer(help="The PDF archive.", no_args_is_help=True)
 app.add_typer(auth_app, name="auth")
 app.add_typer(db_app, name="db")
+app.add_typer(pdfs_app, name="pdfs")
 
 
 class _State:
@@ -145,7 +147,7 @@ def check() -> None:
 def _status_report(config: Config) -> dict[str, Any]:
     from sqlalchemy import func, select
 
-    from syncd.store import outbox, tokens
+    from syncd.store import outbox, pdf_jobs, tokens
     from syncd.store.database import open_database
     from syncd.store.mirror import MIRROR
     from syncd.store.state import load_state
@@ -163,6 +165,7 @@ def _status_report(config: Config) -> dict[str, Any]:
                     .select_from(MIRROR)
                     .where(MIRROR.c.connection == connection.name)
                 ).scalar_one()
+            pdfs = pdf_jobs.status(db, connection.name)
             if token is None:
                 auth = "no token" if not connection.refresh_token else "bootstrap token configured"
             elif token.needs_authorization:
@@ -185,6 +188,12 @@ def _status_report(config: Config) -> dict[str, Any]:
                     "failing_since": _iso(st.get("failing_since")),
                     "gap_open": bool(st.get("gap_open", False)),
                     "orders_mirrored": int(mirrored),
+                    "pdfs": {
+                        "pending": pdfs.pending,
+                        "archived": pdfs.archived,
+                        "failed": pdfs.failed,
+                        "nearest_deadline": _iso(pdfs.nearest_deadline),
+                    },
                 }
             )
         sinks = []
@@ -233,6 +242,7 @@ def status(
         if c["last_error"] and c["last_outcome"] != "ok":
             _echo(f"  last error     {c['last_error']}")
         _echo(f"  orders         {c['orders_mirrored']} mirrored")
+        _echo(f"  pdfs           {_pdf_line(c['pdfs'], now)}")
         _echo(f"  authorization  {_auth_line(c, now)}")
         if c["gap_open"]:
             _echo("  gap            open: orders may have been missed, polling sooner")
@@ -242,6 +252,19 @@ def status(
         _echo(f"  dead letters   {s['dead_letters']}")
         if s["last_error"]:
             _echo(f"  last error     {s['last_error']}")
+
+
+def _pdf_line(pdfs: dict[str, Any], now: datetime) -> str:
+    line = f"{pdfs['archived']} archived, {pdfs['pending']} pending, {pdfs['failed']} failed"
+    deadline = _parse_iso(pdfs["nearest_deadline"])
+    if deadline is not None:
+        left = (deadline - now).total_seconds()
+        line += (
+            f"; nearest link deadline in {_duration(left)}"
+            if left > 0
+            else "; waiting for a fresh link from the next poll"
+        )
+    return line
 
 
 def _auth_line(c: dict[str, Any], now: datetime) -> str:
@@ -384,6 +407,32 @@ def db_upgrade() -> None:
     finally:
         db.close()
     _echo(f"database at revision {revision}")
+
+
+# --- pdfs -----------------------------------------------------------------------------
+
+
+@pdfs_app.command("retry")
+def pdfs_retry(
+    connection: Annotated[
+        str | None, typer.Option("--connection", help="Only this connection.")
+    ] = None,
+) -> None:
+    """Queue failed PDFs again; each is fetched with its order's next fresh link."""
+    from syncd.store import pdf_jobs
+    from syncd.store.database import open_database
+
+    config = _load()
+    name = config.connection(connection).name if connection else None
+    db = open_database(config.database.url)
+    try:
+        count = pdf_jobs.retry_failed(db, name, datetime.now(UTC))
+    finally:
+        db.close()
+    _echo(
+        f"{count} failed PDF job(s) queued again; they are archived once their order "
+        "is back in the 20-order window (next poll)"
+    )
 
 
 # --- simulator and demo ---------------------------------------------------------------

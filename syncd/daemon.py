@@ -9,6 +9,7 @@ configuration; everything below gets small typed pieces of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -19,18 +20,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 from typing import Any
 
 import httpx
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.api import InventoryArtsClient, RetryPolicy
 from syncd.auth import REFRESH_PATH, ConnectionAuth, TokenManager
 from syncd.config import Config, ConnectionConfig
 from syncd.diff import next_poll_delay
-from syncd.errors import ApiError, AuthError, SinkUnavailable, SyncdError
+from syncd.errors import ApiError, AuthError, PdfUnavailable, SinkUnavailable, SyncdError
 from syncd.logging import get_logger, secrets
 from syncd.outbox import Channel, Dispatcher
+from syncd.pdfs import Archiver
 from syncd.poller import poll_connection
 from syncd.sinks.base import Sink, sink_class
 from syncd.store.database import Database, InstanceLock, open_database, sqlite_path
@@ -74,6 +79,7 @@ class Runtime:
     db: Database
     clients: dict[str, InventoryArtsClient]
     dispatcher: Dispatcher
+    archiver: Archiver
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -108,10 +114,20 @@ def build_runtime(
     dispatcher = Dispatcher(
         db, channels if channels is not None else build_sinks(config), clock=clock
     )
+    archiver = Archiver(
+        db,
+        config.pdfs.dir,
+        concurrency=config.pdfs.concurrency,
+        max_bytes=config.pdfs.max_bytes,
+        timeout=config.http.timeout,
+        max_attempts=config.http.max_attempts,
+        retry_after_max=config.http.retry_after_max,
+        clock=clock,
+    )
     closers: list[Callable[[], None]] = [refresh_http.close]
     closers += [client.close for client in clients.values()]
-    closers.append(dispatcher.close)
-    return Runtime(config, db, clients, dispatcher, closers)
+    closers += [dispatcher.close, archiver.close]
+    return Runtime(config, db, clients, dispatcher, archiver, closers)
 
 
 @contextmanager
@@ -162,6 +178,14 @@ def run_once(
                     poll_connection(name, client, db, clock=clock)
                 except ApiError as exc:
                     errors.append(exc)
+            unarchived = runtime.archiver.drain(sleep)
+            if unarchived:
+                errors.append(
+                    PdfUnavailable(
+                        f"{len(unarchived)} PDF(s) not archived yet, kept for the next run: "
+                        + "; ".join(unarchived[:3])
+                    )
+                )
             errors += deliver_all(runtime.dispatcher, config.http.max_attempts, sleep, clock)
         finally:
             runtime.close()
@@ -201,9 +225,6 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         channels: list[Channel] | None = None,
     ):
-        from apscheduler.executors.pool import ThreadPoolExecutor
-        from apscheduler.schedulers.background import BackgroundScheduler
-
         self.config = config
         self.db = db
         self.stop_event = threading.Event()
@@ -252,17 +273,17 @@ class Daemon:
             log.exception("poll crashed")
             return
         else:
+            self.runtime.archiver.wake()  # new jobs, or fresh links for waiting ones
             if result.events:
                 self.runtime.dispatcher.wake()
             if result.gap_detected:
                 delay = next_poll_delay(connection.poll_interval, gap_detected=True)
         if delay is not None and not self.stop_event.is_set():
             when = datetime.now(UTC) + timedelta(seconds=delay)
-            self.scheduler.modify_job(f"poll:{connection.name}", next_run_time=when)
+            with contextlib.suppress(JobLookupError):  # removed by a concurrent shutdown
+                self.scheduler.modify_job(f"poll:{connection.name}", next_run_time=when)
 
     def start(self) -> None:
-        from apscheduler.triggers.interval import IntervalTrigger
-
         now = datetime.now(UTC)
         for connection in self.config.connections:
             # A stable offset per connection, so restarts and many connections do not
@@ -287,6 +308,14 @@ class Daemon:
             daemon=True,
         )
         self._dispatcher_thread.start()
+        self._archiver_thread = threading.Thread(
+            target=self._tracked(
+                lambda: self.runtime.archiver.run(self.stop_event, self.runtime.dispatcher.wake)
+            ),
+            name="syncd-archiver",
+            daemon=True,
+        )
+        self._archiver_thread.start()
         self._log.info(
             "syncd started",
             connections=[c.name for c in self.config.connections],
@@ -296,6 +325,7 @@ class Daemon:
     def request_stop(self, *_: object) -> None:
         self.stop_event.set()
         self.runtime.dispatcher.wake()
+        self.runtime.archiver.wake()
 
     def wait(self) -> None:
         self.stop_event.wait()
@@ -305,6 +335,7 @@ class Daemon:
         self._log.info("stopping")
         self.stop_event.set()
         self.runtime.dispatcher.wake()
+        self.runtime.archiver.stop()
         self.scheduler.shutdown(wait=False)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         with self._running_changed:
@@ -338,7 +369,3 @@ def run_daemon(config: Config) -> int:
             sys.stderr.flush()
             os._exit(0)
     return 0
-
-
-def _signal_name(signum: int, _frame: FrameType | None) -> str:  # pragma: no cover
-    return signal.Signals(signum).name

@@ -11,6 +11,7 @@ exits with ``error.exit_code`` (DESIGN §4). Anything else is a bug and exits 1.
     │   ├── RateLimited             exit 4   429 that outlived our retries (carries retry_after)
     │   ├── TransientApiError       exit 4   5xx, timeouts, dropped connections, non-JSON bodies
     │   └── PermanentApiError       exit 1   any other 4xx, or a rejected action: not retried
+    ├── PdfUnavailable              exit 4   PDFs still pending after this run's retries
     └── SinkError                   exit 4   an event sink failed
         ├── SinkUnavailable         exit 4   worth retrying later (broker down, 5xx)
         └── SinkRejected            exit 4   the sink refused an event for good (dead letter)
@@ -94,6 +95,12 @@ class PermanentApiError(ApiError):
     """A 4xx (other than 401/429) or an action the server refused: retrying will not help."""
 
     exit_code = 1
+
+
+class PdfUnavailable(SyncdError):
+    """Some PDFs could not be archived in this run; their jobs stay pending."""
+
+    exit_code = 4
 
 
 class SinkError(SyncdError):

@@ -136,3 +136,37 @@ def auth_failed_event(connection: str, error: str, rejected_token: str, now: dat
         time=now,
         data={"connection": connection, "error": error},
     )
+
+
+def pdf_archived_event(
+    connection: str, order_id: int, version: int, sha256: str, size: int, path: str, now: datetime
+) -> Event:
+    """``pdf_archived``: the PDF of this order version is on disk at ``path`` (relative)."""
+    return Event(
+        id=event_id(connection, order_id, version, PO_PDF_ARCHIVED),
+        type=PO_PDF_ARCHIVED,
+        source=source_of(connection),
+        subject=str(order_id),
+        time=now,
+        data={
+            "purchase_order_id": order_id,
+            "version": version,
+            "sha256": sha256,
+            "size": size,
+            "path": path,
+        },
+    )
+
+
+def pdf_failed_event(
+    connection: str, order_id: int, version: int, reason: str, retries: int, now: datetime
+) -> Event:
+    """``pdf_failed``: this version's PDF will not be archived (``retries``: manual retries)."""
+    return Event(
+        id=event_id(connection, order_id, version, PO_PDF_FAILED, retries),
+        type=PO_PDF_FAILED,
+        source=source_of(connection),
+        subject=str(order_id),
+        time=now,
+        data={"purchase_order_id": order_id, "version": version, "reason": reason},
+    )

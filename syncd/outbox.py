@@ -167,12 +167,18 @@ class Dispatcher:
 
     def run(self, stop: threading.Event, idle: float = 30.0) -> None:
         """Deliver until ``stop`` is set: on every wake-up, and when a backoff ends."""
+        log = get_logger(job="deliver")
         while not stop.is_set():
             self._wake.clear()
-            result = self.deliver_due()
             timeout = idle
-            if result.next_attempt_at is not None:
-                timeout = min(idle, max(0.0, result.next_attempt_at - self._clock()))
+            try:
+                result = self.deliver_due()
+            except Exception:  # a bug or a database outage must not kill delivery for good
+                log.exception("delivery round failed; retrying")
+                timeout = min(idle, 5.0)
+            else:
+                if result.next_attempt_at is not None:
+                    timeout = min(idle, max(0.0, result.next_attempt_at - self._clock()))
             self._wake.wait(timeout)
 
     def close(self) -> None:

@@ -95,6 +95,7 @@ def make_config(tmp_path: Path) -> Callable[..., Setup]:
         max_attempts: int = 3,
         retry_after_max: int = 30,
         sinks: str | None = None,
+        poll_interval: str = "1s",
     ) -> Setup:
         if refresh_token is None:
             refresh_token = str(sim.issue_tokens()["refresh_token"])
@@ -125,7 +126,7 @@ base_url = "{sim.base_url}"
 client_id = "{sim.client_id}"
 client_secret = "${{SYNCD_CLIENT_SECRET}}"
 refresh_token = "${{SYNCD_REFRESH_TOKEN:-}}"
-poll_interval = "1s"
+poll_interval = "{poll_interval}"
 {connection_extra}
 
 {sink_text}

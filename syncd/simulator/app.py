@@ -128,6 +128,8 @@ class App:
             "/_sim/tokens": {"POST": self._sim_tokens},
         }
         self.stats_summary: Callable[[], dict[str, object]] = dict
+        # Set when PDFs are served from another origin (a CDN, in real life).
+        self.pdf_base_url: str | None = None
 
     def handle(self, request: Request) -> Response:
         """Answer one request (faults have already been considered by the caller)."""
@@ -180,7 +182,7 @@ class App:
         return json_response(200, PROFILE)
 
     def _purchase_orders(self, request: Request) -> Response:
-        base = self._link_base(request)
+        base = self.pdf_base_url or self._link_base(request)
         rendered: list[dict[str, object]] = []
         with self.state.lock:
             for order in self.state.newest(WINDOW):

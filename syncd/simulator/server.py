@@ -282,6 +282,7 @@ class Simulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
+        self._pdf_server: _Server | None = None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -306,8 +307,30 @@ class Simulator:
         self._thread.start()
         return self
 
+    def serve_pdfs_from(self, host: str = "127.0.0.2") -> str:
+        """Serve PDF links from a second origin on ``host``; returns its base URL.
+
+        The API keeps answering on :attr:`base_url`; ``pdf_url`` then points at the new
+        origin, as links to a CDN would, so tests can see which headers reach it.
+        """
+        server = _Server((host, 0), self._app, self.faults, self.stats)
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"inventoryarts-simulator-pdfs:{server.server_address[1]}",
+            daemon=True,
+        ).start()
+        self._pdf_server = server
+        self._app.pdf_base_url = f"http://{host}:{server.server_address[1]}/"
+        return self._app.pdf_base_url
+
     def stop(self) -> None:
         """Stop serving and drop open connections. Safe to call twice."""
+        pdf_server, self._pdf_server = self._pdf_server, None
+        if pdf_server is not None:
+            pdf_server.shutdown()
+            pdf_server.close_connections()
+            pdf_server.server_close()
         server, self._server = self._server, None
         if server is None:
             return

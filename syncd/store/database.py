@@ -27,6 +27,7 @@ from syncd.errors import AlreadyRunning, ConfigError, SyncdError
 
 BUSY_TIMEOUT_SECONDS = 60.0  # longer than one refresh call holding the write lock
 OUTBOX_LOCK_KEY = 0x73796E6364  # "syncd": serialises outbox appends on PostgreSQL
+POLL_LOCK_NAMESPACE = 0x706F6C6C  # "poll": with hashtext(connection), one poll at a time
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -113,6 +114,19 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def lock_connection_for_poll(conn: Connection, connection: str) -> None:
+    """Serialise polls of one connection until commit (SQLite's write lock already does).
+
+    Two processes that poll the same connection at once must not both decide an order is
+    new: the second waits, then diffs against what the first committed.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, hashtext(:name))"),
+            {"ns": POLL_LOCK_NAMESPACE, "name": connection},
+        )
 
 
 def open_database(url: str, *, migrate: bool = True) -> Database:

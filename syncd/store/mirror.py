@@ -1,4 +1,4 @@
-"""The one transaction that applies a poll: mirror rows, their events, the poll's outcome.
+"""The one transaction that applies a poll: mirror rows, PDF jobs, events, the outcome.
 
 Either the mirror change, its events and the connection's new state all commit, or
 none of them does; a kill -9 at any point leaves the previous poll's state whole, and
@@ -15,7 +15,8 @@ from sqlalchemy import Connection, func, select, update
 from syncd.diff import ChangeKind, MirroredOrder, OrderChange, detect_gap, diff_window
 from syncd.events import gap_event, order_events
 from syncd.records import PurchaseOrder
-from syncd.store.database import Database
+from syncd.store import pdf_jobs
+from syncd.store.database import Database, lock_connection_for_poll
 from syncd.store.outbox import append_events
 from syncd.store.schema import PurchaseOrderRow
 from syncd.store.state import previous_outcome, save_state
@@ -103,12 +104,15 @@ def apply_poll(
     """Diff the returned window against the mirror and commit it with its events."""
     ids = [order.id for order in orders]
     with db.write() as conn:
+        lock_connection_for_poll(conn, connection)
         mirrored = _mirrored(conn, connection, ids)
         mirror_empty = not mirrored and _mirror_empty(conn, connection)
         # Events of a poll go out oldest order first.
         changes = sorted(diff_window(orders, mirrored), key=lambda c: c.order.id)
         gap = detect_gap(ids, mirrored, mirror_empty)
-        events = order_events(connection, changes, now)
+        # A superseded version's pdf_failed goes out before the update that superseded it.
+        events = pdf_jobs.on_poll(conn, connection, orders, changes, now)
+        events += order_events(connection, changes, now)
         if gap:
             known_before = conn.execute(
                 select(func.count()).select_from(MIRROR).where(MIRROR.c.connection == connection)

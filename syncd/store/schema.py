@@ -149,3 +149,28 @@ class ConnectionStateRow(SQLModel, table=True):
     last_success_at: datetime | None = _ts(nullable=True)
     failing_since: datetime | None = _ts(nullable=True)
     gap_open: bool = False
+
+
+class PdfJobRow(SQLModel, table=True):
+    """One order version's PDF: its newest link, its deadline, and how archiving went."""
+
+    __tablename__ = "pdf_jobs"
+
+    connection: str = Field(primary_key=True)
+    order_id: int = Field(
+        primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    state: str = "pending"  # pending | done | failed
+    url: str | None = Field(default=None, sa_type=Text)  # a credential: never logged
+    deadline: datetime | None = _ts(nullable=True)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    reason: str | None = None
+    sha256: str | None = None
+    size: int | None = Field(default=None, sa_type=BigInteger)
+    path: str | None = Field(default=None, sa_type=Text)
+    retries: int = 0
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

@@ -1,0 +1,448 @@
+"""The PDF archiver: every order version's PDF on disk before its one-hour link expires.
+
+Jobs are taken earliest deadline first, ``[pdfs] concurrency`` at a time. A PDF is
+streamed (memory stays flat whatever its size) into a temporary file inside the pdf
+dir, hashed on the way, checked (``%PDF-`` at the start, ``%%EOF`` at the end, at most
+``max_bytes``), fsynced, and renamed into ``<connection>/<order id>/<sha256>.pdf`` —
+names never come from server text, and identical content is stored once. The download
+client carries no Authorization header and follows redirects only within the link's own
+origin, so the bearer token never leaves the API origin.
+
+What to do after a failed download is decided by :func:`after_failure` (pure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from syncd.api import parse_retry_after
+from syncd.backoff import full_jitter
+from syncd.logging import get_logger, redact
+from syncd.store import pdf_jobs
+from syncd.store.database import Database
+from syncd.store.pdf_jobs import PdfJob
+
+CHUNK_SIZE = 1 << 16
+DOWNLOAD_TIMEOUT_SECONDS = 600.0  # one PDF, start to end
+MAX_REDIRECTS = 5
+BACKOFF_BASE = 1.0
+BACKOFF_MAX = 300.0
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".part"
+PDF_MAGIC = b"%PDF-"
+PDF_TRAILER = b"%%EOF"
+TRAILER_WINDOW = 1024  # %%EOF must stand within the last KiB
+
+
+# --- outcomes of one download, and what each means ------------------------------------
+
+
+class DownloadCancelled(Exception):
+    """The archiver is stopping; the partial download was removed."""
+
+
+class DownloadFailed(Exception):
+    """One download did not yield an archivable PDF."""
+
+    def __init__(
+        self, message: str, *, reason: str, kind: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason  # the pdf_failed reason if it comes to that
+        self.kind = kind  # "retry" | "final" | "link_dead"
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # "retry" | "fail" | "wait_for_link"
+    delay: float = 0.0
+    reason: str = ""
+
+
+def after_failure(
+    failure: DownloadFailed,
+    attempts: int,
+    *,
+    max_attempts: int,
+    retry_after_max: float,
+    rand: Callable[[], float],
+) -> Decision:
+    """What to do after the ``attempts``-th failed download of a job.
+
+    A dead link waits for the next poll's link; a final failure (too large, 404) fails
+    the job; a body that is not a PDF is retried ``max_attempts`` times, then fails;
+    transient trouble (5xx, 429, resets, timeouts) is retried with backoff until the
+    link's deadline, because the PDF may still come.
+    """
+    if failure.kind == "link_dead":
+        return Decision("wait_for_link")
+    if failure.kind == "final":
+        return Decision("fail", reason=failure.reason)
+    if failure.reason == "not_pdf" and attempts >= max_attempts:
+        return Decision("fail", reason="not_pdf")
+    delay = full_jitter(attempts, BACKOFF_BASE, BACKOFF_MAX, rand)
+    if failure.retry_after is not None:
+        delay = min(max(delay, failure.retry_after), retry_after_max)
+    return Decision("retry", delay=delay)
+
+
+# --- one download ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredPdf:
+    sha256: str
+    size: int
+    path: str  # relative to the pdf dir
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or ""), parts.port
+
+
+def _temp_name() -> str:
+    return f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}{TEMP_SUFFIX}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_response(http: httpx.Client, url: str) -> httpx.Response:
+    """GET ``url`` following redirects only within its origin; the caller closes it."""
+    origin = _origin(url)
+    for _ in range(MAX_REDIRECTS + 1):
+        response = http.send(http.build_request("GET", url), stream=True)
+        if not response.is_redirect:
+            return response
+        response.close()
+        location = response.headers.get("location", "")
+        url = str(response.url.join(location))
+        if _origin(url) != origin:
+            raise DownloadFailed("redirected to another origin", reason="redirect", kind="final")
+    raise DownloadFailed("too many redirects", reason="redirect", kind="final")
+
+
+def _check_status(response: httpx.Response, now: datetime) -> None:
+    status = response.status_code
+    if status == 200:
+        return
+    if status in (403, 410):
+        raise DownloadFailed(f"link expired (HTTP {status})", reason="expired", kind="link_dead")
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+        raise DownloadFailed(
+            f"PDF host error (HTTP {status})",
+            reason=f"http_{status}",
+            kind="retry",
+            retry_after=retry_after,
+        )
+    raise DownloadFailed(f"HTTP {status}", reason=f"http_{status}", kind="final")
+
+
+def download_pdf(
+    http: httpx.Client,
+    url: str,
+    pdf_dir: Path,
+    relative_dir: str,
+    *,
+    max_bytes: int,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> StoredPdf:
+    """Stream one PDF into ``pdf_dir/relative_dir/<sha256>.pdf``; raise DownloadFailed."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise DownloadFailed("not an http(s) link", reason="invalid_url", kind="final")
+    temp = pdf_dir / _temp_name()
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    tail = b""
+    try:
+        with contextlib.ExitStack() as stack:
+            response = _open_response(http, url)
+            stack.callback(response.close)
+            _check_status(response, datetime.now(UTC))
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            out = stack.enter_context(os.fdopen(fd, "wb"))
+            for chunk in response.iter_bytes(CHUNK_SIZE):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadFailed(
+                        f"larger than max_bytes ({max_bytes})", reason="too_large", kind="final"
+                    )
+                if len(head) < len(PDF_MAGIC):
+                    head = (head + chunk)[: len(PDF_MAGIC)]
+                    if len(head) == len(PDF_MAGIC) and head != PDF_MAGIC:
+                        raise DownloadFailed(
+                            "the body is not a PDF", reason="not_pdf", kind="retry"
+                        )
+                if clock() > deadline:
+                    raise DownloadFailed("download timed out", reason="timeout", kind="retry")
+                if cancelled():
+                    raise DownloadCancelled
+                tail = (tail + chunk)[-TRAILER_WINDOW:]
+                digest.update(chunk)
+                out.write(chunk)
+            if head != PDF_MAGIC or PDF_TRAILER not in tail:
+                raise DownloadFailed("the body is not a whole PDF", reason="not_pdf", kind="retry")
+            out.flush()
+            os.fsync(out.fileno())
+    except httpx.TimeoutException:
+        temp.unlink(missing_ok=True)
+        raise DownloadFailed("PDF host timed out", reason="timeout", kind="retry") from None
+    except httpx.HTTPError as exc:
+        temp.unlink(missing_ok=True)
+        raise DownloadFailed(
+            f"PDF download failed ({type(exc).__name__})", reason="connection", kind="retry"
+        ) from None
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    sha256 = digest.hexdigest()
+    relative = f"{relative_dir}/{sha256}.pdf"
+    final = pdf_dir / relative
+    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if final.exists():
+        temp.unlink()  # identical content is stored once
+    else:
+        os.replace(temp, final)
+        _fsync_dir(final.parent)
+    return StoredPdf(sha256, size, relative)
+
+
+def remove_stale_temporaries(pdf_dir: Path, *, older_than: float) -> int:
+    """Delete temporaries left by a crash: ours from dead processes, anyone's when old."""
+    removed = 0
+    host = socket.gethostname()
+    now = time.time()
+    for temp in pdf_dir.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        # <prefix><host>-<pid>-<uuid><suffix>; the host name may itself contain dashes.
+        owner, _, _unique = temp.name[len(TEMP_PREFIX) : -len(TEMP_SUFFIX)].rpartition("-")
+        owner_host, _, pid = owner.rpartition("-")
+        dead = owner_host == host and pid.isdigit() and not _pid_alive(int(pid))
+        try:
+            if dead or now - temp.stat().st_mtime > older_than:
+                temp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- the archiver ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one job's attempt ended: archived, failed, retry (backing off), dead_link,
+    or cancelled (the archiver is stopping)."""
+
+    job: PdfJob
+    kind: str
+    message: str = ""
+    retry_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.job.connection, self.job.order_id, self.job.version)
+
+
+class Archiver:
+    def __init__(
+        self,
+        db: Database,
+        pdf_dir: Path,
+        *,
+        concurrency: int = 4,
+        max_bytes: int = 50 * 1024 * 1024,
+        timeout: float = 30.0,
+        max_attempts: int = 6,
+        retry_after_max: float = 300.0,
+        download_timeout: float = DOWNLOAD_TIMEOUT_SECONDS,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._db = db
+        self.pdf_dir = pdf_dir
+        self._concurrency = concurrency
+        self._max_bytes = max_bytes
+        self._max_attempts = max_attempts
+        self._retry_after_max = retry_after_max
+        self._download_timeout = download_timeout
+        self._clock = clock
+        self._rand = rand
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        # No auth, no redirects: the link is the credential and must not travel.
+        self._http = httpx.Client(
+            timeout=timeout,
+            follow_redirects=False,
+            transport=transport,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers={"User-Agent": "syncd", "Accept": "application/pdf"},
+        )
+        self.pdf_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        removed = remove_stale_temporaries(self.pdf_dir, older_than=2 * download_timeout)
+        if removed:
+            get_logger(job="pdfs").info("removed stale temporary files", count=removed)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def archive_due(self) -> list[Outcome]:
+        """Download every due job once (``concurrency`` at a time), earliest deadline first."""
+        jobs = pdf_jobs.due(self._db, self._now(), limit=max(64, self._concurrency * 8))
+        if not jobs:
+            return []
+        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="syncd-pdf") as pool:
+            return list(pool.map(self._archive, jobs))
+
+    def _archive(self, job: PdfJob) -> Outcome:
+        log = get_logger(connection=job.connection, job="pdfs", order_id=job.order_id)
+        assert job.url is not None
+        try:
+            stored = download_pdf(
+                self._http,
+                job.url,
+                self.pdf_dir,
+                f"{job.connection}/{job.order_id}",
+                max_bytes=self._max_bytes,
+                deadline=time.monotonic() + self._download_timeout,
+                cancelled=self._stopping.is_set,
+            )
+        except DownloadCancelled:
+            return Outcome(job, "cancelled")
+        except DownloadFailed as failure:
+            return self._after(job, failure)
+        except OSError as exc:  # disk full, permissions: retry later, loudly
+            return self._after(
+                job,
+                DownloadFailed(
+                    f"cannot write the PDF: {exc.strerror}", reason="storage", kind="retry"
+                ),
+            )
+        if pdf_jobs.complete(self._db, job, stored.sha256, stored.size, stored.path, self._now()):
+            log.info("pdf archived", version=job.version, size=stored.size, path=stored.path)
+        return Outcome(job, "archived")
+
+    def _after(self, job: PdfJob, failure: DownloadFailed) -> Outcome:
+        logger = get_logger(connection=job.connection, job="pdfs", order_id=job.order_id)
+        decision = after_failure(
+            failure,
+            job.attempts + 1,
+            max_attempts=self._max_attempts,
+            retry_after_max=self._retry_after_max,
+            rand=self._rand,
+        )
+        message = redact(f"order {job.order_id} v{job.version}: {failure}")
+        now = self._now()
+        if decision.action == "wait_for_link":
+            pdf_jobs.drop_link(self._db, job, str(failure), now)
+            logger.info("pdf link expired, waiting for a fresh one", version=job.version)
+            return Outcome(job, "dead_link", message)
+        if decision.action == "fail":
+            if pdf_jobs.fail(self._db, job, decision.reason, now):
+                logger.error("pdf failed", version=job.version, reason=decision.reason)
+            return Outcome(job, "failed", message)
+        retry_at = now + timedelta(seconds=decision.delay)
+        pdf_jobs.postpone(self._db, job, str(failure), retry_at, now)
+        if job.attempts == 0:  # the first failure of a job is news; later ones are not
+            logger.warning("pdf download failed, will retry", error=str(failure))
+        return Outcome(job, "retry", message, retry_at)
+
+    # -- driving it --
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Abandon downloads in progress (their temporaries are removed) and stop."""
+        self._stopping.set()
+        self._wake.set()
+
+    def run(
+        self, stop: threading.Event, on_archived: Callable[[], None], idle: float = 30.0
+    ) -> None:
+        """Archive until ``stop``: on every wake-up and whenever a backoff ends."""
+        log = get_logger(job="pdfs")
+        while not stop.is_set():
+            self._wake.clear()
+            timeout = idle
+            try:
+                outcomes = self.archive_due()
+                if any(o.kind in ("archived", "failed") for o in outcomes):
+                    on_archived()
+                if outcomes and not self._stopping.is_set():
+                    continue  # more may be due right away
+                wakeup = pdf_jobs.next_wakeup(self._db, self._now())
+                if wakeup is not None:
+                    timeout = min(idle, max(0.05, (wakeup - self._now()).total_seconds()))
+            except Exception:  # keep archiving after a bug or a database outage
+                log.exception("archiving round failed; retrying")
+                timeout = min(idle, 5.0)
+            self._wake.wait(timeout)
+
+    def drain(self, sleep: Callable[[float], None]) -> list[str]:
+        """Archive every due job (``run --once``), retrying each transient failure after
+        its backoff up to ``max_attempts`` times in this run; returns why the jobs still
+        pending then were not archived (empty when every job was archived or decided)."""
+        unfinished: dict[tuple[str, int, int], str] = {}
+        tries: dict[tuple[str, int, int], int] = {}
+        retry_at: dict[tuple[str, int, int], datetime] = {}
+        while True:
+            outcomes = self.archive_due()
+            for outcome in outcomes:
+                key = outcome.key
+                retry_at.pop(key, None)
+                if outcome.kind not in ("retry", "dead_link"):
+                    unfinished.pop(key, None)
+                    continue
+                unfinished[key] = outcome.message
+                tries[key] = tries.get(key, 0) + 1
+                if outcome.retry_at is not None and tries[key] < self._max_attempts:
+                    retry_at[key] = outcome.retry_at
+            if outcomes:
+                continue
+            now = self._now()
+            # A job whose retry time has come but that was not due is not coming back.
+            retry_at = {key: when for key, when in retry_at.items() if when > now}
+            if not retry_at:
+                return list(unfinished.values())
+            sleep((min(retry_at.values()) - now).total_seconds())
