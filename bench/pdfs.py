@@ -117,7 +117,8 @@ def peak_rss_mb(pdf_size: int) -> float:
             check=True,
         )
         files = list((Path(d) / "state" / "pdfs").rglob("*.pdf"))
-        assert len(files) == 1 and files[0].stat().st_size >= pdf_size
+        assert len(files) == 1
+        assert files[0].stat().st_size >= pdf_size
         return int(proc.stderr.strip().splitlines()[-1]) / 1024
 
 
