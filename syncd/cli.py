@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -32,7 +33,9 @@ app = typer.Typer(
 auth_app = typer.Typer(help="Store and inspect the connections' tokens.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 pdfs_app = typer.Typer(help="The PDF archive.", no_args_is_help=True)
+events_app = typer.Typer(help="Inspect and re-deliver events.", no_args_is_help=True)
 app.add_typer(auth_app, name="auth")
+app.add_typer(events_app, name="events")
 app.add_typer(db_app, name="db")
 app.add_typer(pdfs_app, name="pdfs")
 
@@ -407,6 +410,135 @@ def db_upgrade() -> None:
     finally:
         db.close()
     _echo(f"database at revision {revision}")
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@events_app.command("list")
+def events_list(
+    after: Annotated[int, typer.Option("--after", help="Only events after this seq.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 50,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="fnmatch filter on the event type.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One CloudEvent per line.")] = False,
+) -> None:
+    """List events from the outbox, oldest first."""
+    from syncd.outbox import matches
+    from syncd.store import outbox
+    from syncd.store.database import open_database
+
+    config = _load()
+    db = open_database(config.database.url)
+    try:
+        shown = 0
+        while shown < limit:
+            batch = outbox.read_after(db, after, 500)
+            if not batch:
+                break
+            after = batch[-1].seq
+            for event in batch:
+                if event_type and not matches(event.type, (event_type,)):
+                    continue
+                if as_json:
+                    _echo(event.payload)
+                else:
+                    time_ = json.loads(event.payload).get("time", "")
+                    kind = event.type.removeprefix("com.inventoryarts.")
+                    _echo(
+                        f"{event.seq:>8}  {time_}  {kind:<28} {event.subject:<8} {event.event_id}"
+                    )
+                shown += 1
+                if shown == limit:
+                    break
+    finally:
+        db.close()
+
+
+def _open_sink_channel(config: Config, name: str) -> Any:
+    from syncd.daemon import build_sinks
+
+    for channel in build_sinks(config):
+        if channel.name == name:
+            return channel
+    names = ", ".join(s.name for s in config.sinks) or "none"
+    raise ConfigError(f"no sink named {name!r} (configured: {names})")
+
+
+@events_app.command("replay")
+def events_replay(
+    sink: Annotated[str, typer.Option("--sink", help="The sink to re-deliver to.")],
+    from_seq: Annotated[
+        int, typer.Option("--from-seq", help="Re-deliver from this seq on (default: all).")
+    ] = 1,
+) -> None:
+    """Re-deliver events to one sink, with the same ids (consumers deduplicate on them)."""
+    from syncd.daemon import deliver_all
+    from syncd.outbox import Dispatcher
+    from syncd.store import outbox
+    from syncd.store.database import open_database
+
+    config = _load()
+    channel = _open_sink_channel(config, sink)
+    db = open_database(config.database.url)
+    try:
+        outbox.reset_cursor(db, sink, max(0, from_seq - 1), datetime.now(UTC))
+        dispatcher = Dispatcher(db, [channel], max_attempts=config.http.max_attempts)
+        errors = deliver_all(dispatcher, config.http.max_attempts, time.sleep, time.time)
+        dispatcher.close()
+        status = outbox.sink_status(db, sink)
+    finally:
+        db.close()
+    for error in errors:
+        _fail_line(error)
+    _echo(f"sink {sink}: cursor at {status.position}, {status.pending} pending")
+    raise typer.Exit(4 if errors else 0)
+
+
+@events_app.command("dead-letters")
+def events_dead_letters(
+    sink: Annotated[str | None, typer.Option("--sink", help="Only this sink.")] = None,
+    retry: Annotated[
+        bool, typer.Option("--retry", help="Send each dead letter again; forget it on success.")
+    ] = False,
+) -> None:
+    """List the events sinks refused for good, or send them again."""
+    from syncd.errors import SinkError
+    from syncd.store import outbox
+    from syncd.store.database import open_database
+
+    config = _load()
+    db = open_database(config.database.url)
+    failed = 0
+    try:
+        letters = outbox.dead_letters(db, sink)
+        channels: dict[str, Any] = {}
+        for letter in letters:
+            line = f"{letter.id:>6}  {letter.sink:<16} seq {letter.seq:<8} {letter.event_id}"
+            if not retry:
+                _echo(f"{line}  {_iso(letter.created_at)}  {letter.error}")
+                continue
+            event = outbox.event_at(db, letter.seq)
+            try:
+                if letter.sink not in channels:
+                    channels[letter.sink] = _open_sink_channel(config, letter.sink)
+                    channels[letter.sink].sink.open()
+                if event is not None:
+                    channels[letter.sink].sink.send([event])
+            except SinkError as exc:
+                failed += 1
+                _echo(f"{line}  still refused: {exc}")
+                continue
+            outbox.forget_dead_letter(db, letter.id)
+            _echo(f"{line}  delivered")
+        for channel in channels.values():
+            channel.sink.close()
+        if not letters:
+            _echo("no dead letters")
+    finally:
+        db.close()
+    raise typer.Exit(4 if failed else 0)
 
 
 # --- pdfs -----------------------------------------------------------------------------

@@ -112,7 +112,10 @@ def build_runtime(
             log=get_logger(connection=connection.name, job="poll"),
         )
     dispatcher = Dispatcher(
-        db, channels if channels is not None else build_sinks(config), clock=clock
+        db,
+        channels if channels is not None else build_sinks(config),
+        clock=clock,
+        max_attempts=config.http.max_attempts,
     )
     archiver = Archiver(
         db,
@@ -205,7 +208,7 @@ def deliver_all(
             return []
         if attempt < max_attempts and result.next_attempt_at is not None:
             sleep(max(0.0, result.next_attempt_at - clock()))
-    failing = [c for c in dispatcher.channels if c.failures]
+    failing = [c for c in dispatcher.channels if c.failures or c.disabled]
     return [
         SinkUnavailable(
             f"sink {c.name!r} unavailable, events kept for the next run: {c.last_error}"

@@ -45,6 +45,9 @@ class Channel:
     next_attempt_at: float = 0.0
     last_error: str | None = None
     opened: bool = False
+    disabled: bool = False  # the sink said it is gone for good (webhook 410)
+    refused_id: str | None = None  # the event the sink keeps refusing, and how often
+    refusals: int = 0
 
     @property
     def name(self) -> str:
@@ -70,8 +73,10 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         batch_size: int = BATCH_SIZE,
         backoff_max: float = BACKOFF_MAX,
+        max_attempts: int = 6,
     ) -> None:
         self._db = db
+        self._max_attempts = max_attempts
         self.channels = list(channels)
         self._clock = clock
         self._rand = rand
@@ -86,14 +91,14 @@ class Dispatcher:
         """Deliver every pending event to every sink that is not backing off."""
         delivered, failing = 0, []
         for channel in self.channels:
-            if channel.next_attempt_at > self._clock():
+            if channel.disabled or channel.next_attempt_at > self._clock():
                 failing.append(channel.name)
                 continue
             count, ok = self._drain(channel)
             delivered += count
             if not ok:
                 failing.append(channel.name)
-        waits = [c.next_attempt_at for c in self.channels if c.failures]
+        waits = [c.next_attempt_at for c in self.channels if c.failures and not c.disabled]
         return Round(delivered, tuple(failing), min(waits) if waits else None)
 
     def _drain(self, channel: Channel) -> tuple[int, bool]:
@@ -134,10 +139,20 @@ class Dispatcher:
             outbox.advance_cursor(self._db, channel.name, last.seq, exc.delivered, now)
         if isinstance(exc, SinkRejected) and exc.delivered < len(wanted):
             refused = wanted[exc.delivered]
-            # Events the filter skipped before the refused one are passed over with it.
-            outbox.dead_letter(self._db, channel.name, refused, str(exc), now)
-            log.error("event dead-lettered", event_id=refused.event_id, error=str(exc))
-            return True
+            if channel.refused_id != refused.event_id:
+                channel.refused_id, channel.refusals = refused.event_id, 0
+            channel.refusals += 1
+            if channel.refusals >= self._max_attempts:
+                # Events the filter skipped before the refused one are passed over with it.
+                outbox.dead_letter(self._db, channel.name, refused, str(exc), now)
+                log.error("event dead-lettered", event_id=refused.event_id, error=str(exc))
+                channel.refused_id, channel.refusals = None, 0
+                return True
+        if channel.sink.disabled:
+            channel.disabled = True
+            log.error("sink disabled until syncd restarts; events kept", error=str(exc))
+            outbox.record_sink_error(self._db, channel.name, f"disabled: {exc}", now)
+            return False
         channel.failures += 1
         delay = full_jitter(channel.failures, BACKOFF_BASE, self._backoff_max, self._rand)
         channel.next_attempt_at = self._clock() + max(delay, 0.05)

@@ -138,15 +138,44 @@ def test_type_filter_skips_but_advances(db: Database) -> None:
     assert outbox.cursor_position(db, "s") == events[-1].seq
 
 
-def test_rejected_event_is_dead_lettered(db: Database) -> None:
-    """A refused event goes to the dead letters; the events around it are delivered."""
+def test_rejected_event_is_dead_lettered_after_max_attempts(db: Database) -> None:
+    """A refused event is retried, then dead-lettered; the events around it are delivered."""
     events = seed(db, 3)
     sink = FakeSink("s")
     sink.reject_ids = {events[1].event_id}
-    Dispatcher(db, [Channel(sink)]).deliver_due()
+    clock = Clock()
+    dispatcher = Dispatcher(db, [Channel(sink)], clock=clock, rand=lambda: 1.0, max_attempts=3)
+    for _ in range(2):
+        result = dispatcher.deliver_due()
+        assert result.failing == ("s",)
+        assert result.next_attempt_at is not None
+        clock.now = result.next_attempt_at
+    assert outbox.sink_status(db, "s").dead_letters == 0
+    assert dispatcher.deliver_due().failing == ()
     assert sink.received == [events[0].event_id, events[2].event_id]
     status = outbox.sink_status(db, "s")
     assert (status.dead_letters, status.pending) == (1, 0)
+
+
+def test_sink_that_is_gone_is_disabled(db: Database) -> None:
+    """A sink that sets disabled is not tried again; its events stay pending."""
+    seed(db, 2)
+
+    class GoneSink(FakeSink):
+        def send(self, batch: Sequence[StoredEvent]) -> None:
+            self.received.append("tried")
+            self.disabled = True
+            raise SinkUnavailable("endpoint gone (HTTP 410)")
+
+    sink = GoneSink("gone")
+    dispatcher = Dispatcher(db, [Channel(sink)], clock=Clock())
+    assert dispatcher.deliver_due().failing == ("gone",)
+    result = dispatcher.deliver_due()
+    assert (result.failing, result.next_attempt_at) == (("gone",), None)
+    assert sink.received == ["tried"]
+    status = outbox.sink_status(db, "gone")
+    assert status.pending == 2
+    assert (status.last_error or "").startswith("disabled:")
 
 
 def test_partial_batch_advances_only_what_was_taken(db: Database) -> None:

@@ -20,7 +20,13 @@ ENTRY_POINT_GROUP = "syncd.sinks"
 
 
 class Sink(ABC):
-    """One configured destination for events."""
+    """One configured destination for events.
+
+    A sink sets ``disabled`` when its destination said it is gone for good (a webhook's
+    410): the dispatcher then stops sending to it and keeps its events.
+    """
+
+    disabled = False
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -148,3 +148,47 @@ def sink_status(db: Database, sink: str) -> SinkStatus:
         last_error=row["last_error"] if row else None,
         last_error_at=row["last_error_at"] if row else None,
     )
+
+
+def reset_cursor(db: Database, sink: str, position: int, now: datetime) -> None:
+    """Set a sink's cursor, backwards included (``events replay``)."""
+    with db.write() as conn:
+        _ensure_cursor(conn, sink, now)
+        conn.execute(
+            update(CURSORS).where(CURSORS.c.sink == sink).values(position=position, updated_at=now)
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    sink: str
+    seq: int
+    event_id: str
+    error: str
+    created_at: datetime
+
+
+def dead_letters(db: Database, sink: str | None = None) -> list[DeadLetter]:
+    stmt = select(
+        DEAD_LETTERS.c.id,
+        DEAD_LETTERS.c.sink,
+        DEAD_LETTERS.c.seq,
+        DEAD_LETTERS.c.event_id,
+        DEAD_LETTERS.c.error,
+        DEAD_LETTERS.c.created_at,
+    ).order_by(DEAD_LETTERS.c.id)
+    if sink is not None:
+        stmt = stmt.where(DEAD_LETTERS.c.sink == sink)
+    with db.read() as conn:
+        return [DeadLetter(*row) for row in conn.execute(stmt)]
+
+
+def event_at(db: Database, seq: int) -> StoredEvent | None:
+    found = read_after(db, seq - 1, 1)
+    return found[0] if found and found[0].seq == seq else None
+
+
+def forget_dead_letter(db: Database, letter_id: int) -> None:
+    with db.write() as conn:
+        conn.execute(DEAD_LETTERS.delete().where(DEAD_LETTERS.c.id == letter_id))
