@@ -115,6 +115,37 @@ def run(
     raise typer.Exit(exit_code_for(errors))
 
 
+# --- health ---------------------------------------------------------------------------
+
+
+@app.command()
+def health(
+    ready: Annotated[
+        bool, typer.Option("--ready", help="Ask /readyz (doing its job) instead of /healthz.")
+    ] = False,
+) -> None:
+    """Ask the running daemon whether it is alive (exit 0) or not (exit 1): for HEALTHCHECK."""
+    import httpx
+
+    config = _load()
+    listen = config.daemon.listen
+    if not listen:
+        raise ConfigError("[daemon] listen is empty: the daemon serves no health endpoint")
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a wildcard bind is reached on loopback
+        host = "127.0.0.1" if host != "::" else "::1"
+    url_host = f"[{host}]" if ":" in host else host
+    path = "/readyz" if ready else "/healthz"
+    try:
+        response = httpx.get(f"http://{url_host}:{port}{path}", timeout=5)
+    except httpx.HTTPError as exc:
+        _fail_line(f"daemon not answering on {listen}: {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    _echo(response.text.strip())
+    raise typer.Exit(0 if response.status_code == 200 else 1)
+
+
 # --- check ----------------------------------------------------------------------------
 
 

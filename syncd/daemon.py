@@ -33,14 +33,18 @@ from syncd.auth import REFRESH_PATH, ConnectionAuth, TokenManager
 from syncd.config import Config, ConnectionConfig
 from syncd.diff import next_poll_delay
 from syncd.errors import ApiError, AuthError, PdfUnavailable, SinkUnavailable, SyncdError
+from syncd.health import HealthServer, Metrics, WatchedConnection, readiness
 from syncd.logging import get_logger, secrets
 from syncd.outbox import Channel, Dispatcher
 from syncd.pdfs import Archiver
-from syncd.poller import poll_connection
+from syncd.poller import outcome_of, poll_connection
 from syncd.sinks.base import Sink, sink_class
 from syncd.store.database import Database, InstanceLock, open_database, sqlite_path
+from syncd.systemd import Notifier
 
-SHUTDOWN_GRACE_SECONDS = 8.0  # in-flight work may finish this long after SIGTERM
+SHUTDOWN_GRACE_SECONDS = 6.0  # in-flight work may finish this long after SIGTERM
+SHUTDOWN_CANCEL_SECONDS = 2.0  # then downloads are cancelled and get this long to clean up
+HEARTBEAT_SECONDS = 5.0  # scheduler heartbeat (/healthz), faster when systemd asks
 START_SPREAD_SECONDS = 5.0  # first polls spread over this window, not all at once
 
 
@@ -227,6 +231,7 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.time,
         channels: list[Channel] | None = None,
+        notifier: Notifier | None = None,
     ):
         self.config = config
         self.db = db
@@ -235,10 +240,28 @@ class Daemon:
         self._running = 0
         self._running_changed = threading.Condition()
         self.runtime = build_runtime(config, db, sleep=self._sleep, clock=clock, channels=channels)
+        self.notifier = notifier or Notifier()
         workers = max(2, min(20, len(config.connections)))
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=workers)}, timezone=UTC
+            # The heartbeat has a thread of its own: slow polls must not starve it, but a
+            # stuck scheduler loop must (systemd's watchdog then restarts us).
+            executors={
+                "default": ThreadPoolExecutor(max_workers=workers),
+                "heartbeat": ThreadPoolExecutor(max_workers=1),
+            },
+            timezone=UTC,
         )
+        self.last_heartbeat = time.monotonic()
+        self.metrics = Metrics(
+            db,
+            [c.name for c in config.connections],
+            [c.name for c in self.runtime.dispatcher.channels],
+            clock,
+        )
+        self.runtime.dispatcher.on_failure = lambda sink: self.metrics.delivery_failures.labels(
+            sink
+        ).inc()
+        self.health: HealthServer | None = None
         self._log = get_logger(job="daemon")
 
     def _sleep(self, seconds: float) -> None:
@@ -258,36 +281,69 @@ class Daemon:
 
         return run
 
+    # -- jobs --
+
+    def heartbeat(self) -> None:
+        self.last_heartbeat = time.monotonic()
+        self.notifier.watchdog()
+
+    def heartbeat_interval(self) -> float:
+        watchdog = self.notifier.watchdog_interval
+        return max(0.1, min(HEARTBEAT_SECONDS, watchdog / 2 if watchdog else HEARTBEAT_SECONDS))
+
     def poll_job(self, connection: ConnectionConfig) -> None:
         if self.stop_event.is_set():
             return
         client = self.runtime.clients[connection.name]
         log = get_logger(connection=connection.name, job="poll")
         delay: float | None = None
+        started = time.monotonic()
+        outcome = "ok"
         try:
             result = poll_connection(connection.name, client, self.db, clock=self._clock)
         except ShuttingDown:
             log.debug("poll abandoned: shutting down")
             return
         except ApiError as exc:
+            outcome = outcome_of(exc)
             if exc.retry_after is not None and exc.retry_after > connection.poll_interval:
                 delay = exc.retry_after  # the server asked us to stay away that long
         except Exception:  # the daemon outlives a bug in one poll; the next one retries
+            outcome = "crashed"
             log.exception("poll crashed")
-            return
         else:
             self.runtime.archiver.wake()  # new jobs, or fresh links for waiting ones
             if result.events:
                 self.runtime.dispatcher.wake()
             if result.gap_detected:
                 delay = next_poll_delay(connection.poll_interval, gap_detected=True)
+        self.metrics.polls.labels(connection.name, outcome).inc()
+        self.metrics.poll_duration.labels(connection.name).observe(time.monotonic() - started)
         if delay is not None and not self.stop_event.is_set():
             when = datetime.now(UTC) + timedelta(seconds=delay)
             with contextlib.suppress(JobLookupError):  # removed by a concurrent shutdown
                 self.scheduler.modify_job(f"poll:{connection.name}", next_run_time=when)
 
+    # -- health --
+
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        age = time.monotonic() - self.last_heartbeat
+        ok = self.scheduler.running and age < 3 * self.heartbeat_interval() + 1
+        return ok, {"alive": ok, "heartbeat_age_seconds": round(age, 3)}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        watched = [WatchedConnection(c.name, c.poll_interval) for c in self.config.connections]
+        return readiness(self.db, watched, datetime.fromtimestamp(self._clock(), UTC))
+
+    # -- lifecycle --
+
     def start(self) -> None:
         now = datetime.now(UTC)
+        listen = self.config.daemon.listen
+        if listen:
+            self.health = HealthServer(
+                listen, alive=self.alive, ready=self.ready, metrics=self.metrics.render
+            )
         for connection in self.config.connections:
             # A stable offset per connection, so restarts and many connections do not
             # all poll at the same instant.
@@ -304,25 +360,40 @@ class Daemon:
                 misfire_grace_time=max(1, int(connection.poll_interval)),
                 next_run_time=now + timedelta(seconds=offset),
             )
+        self.scheduler.add_job(
+            self.heartbeat,
+            IntervalTrigger(seconds=self.heartbeat_interval(), timezone=UTC),
+            id="heartbeat",
+            executor="heartbeat",
+            max_instances=1,
+            coalesce=True,
+        )
         self.scheduler.start()
-        self._dispatcher_thread = threading.Thread(
-            target=self._tracked(lambda: self.runtime.dispatcher.run(self.stop_event)),
-            name="syncd-dispatcher",
-            daemon=True,
-        )
-        self._dispatcher_thread.start()
-        self._archiver_thread = threading.Thread(
-            target=self._tracked(
-                lambda: self.runtime.archiver.run(self.stop_event, self.runtime.dispatcher.wake)
+        # The database is open and migrated and the scheduler runs: tell systemd.
+        self.notifier.ready(f"polling {len(self.config.connections)} connection(s)")
+        self._threads = [
+            threading.Thread(
+                target=self._tracked(lambda: self.runtime.dispatcher.run(self.stop_event)),
+                name="syncd-dispatcher",
+                daemon=True,
             ),
-            name="syncd-archiver",
-            daemon=True,
-        )
-        self._archiver_thread.start()
+            threading.Thread(
+                target=self._tracked(
+                    lambda: self.runtime.archiver.run(self.stop_event, self.runtime.dispatcher.wake)
+                ),
+                name="syncd-archiver",
+                daemon=True,
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
+        if self.health is not None:
+            self.health.start()
         self._log.info(
             "syncd started",
             connections=[c.name for c in self.config.connections],
             sinks=[c.name for c in self.runtime.dispatcher.channels],
+            listen=self.health.address if self.health else None,
         )
 
     def request_stop(self, *_: object) -> None:
@@ -333,18 +404,29 @@ class Daemon:
     def wait(self) -> None:
         self.stop_event.wait()
 
-    def shutdown(self) -> bool:
-        """Stop taking work, let in-flight work finish; False if it had to be abandoned."""
-        self._log.info("stopping")
-        self.stop_event.set()
-        self.runtime.dispatcher.wake()
-        self.runtime.archiver.stop()
-        self.scheduler.shutdown(wait=False)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+    def _wait_idle(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
         with self._running_changed:
             while self._running and time.monotonic() < deadline:
                 self._running_changed.wait(deadline - time.monotonic())
-            clean = self._running == 0
+            return self._running == 0
+
+    def shutdown(self) -> bool:
+        """Stop taking work; let in-flight work finish up to a deadline, then cancel it.
+
+        Returns False when something had to be abandoned (a request that would not end).
+        """
+        self._log.info("stopping")
+        self.notifier.stopping()
+        self.request_stop()
+        self.scheduler.shutdown(wait=False)
+        clean = self._wait_idle(SHUTDOWN_GRACE_SECONDS)
+        if not clean:
+            # Downloads still running are cut off; their temporary files are removed.
+            self.runtime.archiver.stop()
+            clean = self._wait_idle(SHUTDOWN_CANCEL_SECONDS)
+        if self.health is not None:
+            self.health.stop()
         if clean:
             self.runtime.close()
         self._log.info("stopped" if clean else "stopped, abandoning in-flight requests")

@@ -77,6 +77,8 @@ class Dispatcher:
     ) -> None:
         self._db = db
         self._max_attempts = max_attempts
+        # Told the sink name of every failed send (the daemon counts them for /metrics).
+        self.on_failure: Callable[[str], object] = lambda _sink: None
         self.channels = list(channels)
         self._clock = clock
         self._rand = rand
@@ -134,6 +136,7 @@ class Dispatcher:
         """Record a failed send; True when delivery can go on (the event was dead-lettered)."""
         log = get_logger(sink=channel.name, job="deliver")
         now = self._now()
+        self.on_failure(channel.name)
         if exc.delivered:
             last = wanted[exc.delivered - 1]
             outbox.advance_cursor(self._db, channel.name, last.seq, exc.delivered, now)

@@ -96,6 +96,7 @@ def make_config(tmp_path: Path) -> Callable[..., Setup]:
         retry_after_max: int = 30,
         sinks: str | None = None,
         poll_interval: str = "1s",
+        listen: str = "",
     ) -> Setup:
         if refresh_token is None:
             refresh_token = str(sim.issue_tokens()["refresh_token"])
@@ -112,7 +113,7 @@ def make_config(tmp_path: Path) -> Callable[..., Setup]:
 state_dir = "{state_dir}"
 log_level = "info"
 log_format = "json"
-listen = ""
+listen = "{listen}"
 
 {database}
 [http]
