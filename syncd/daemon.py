@@ -38,7 +38,9 @@ from syncd.logging import get_logger, secrets
 from syncd.outbox import Channel, Dispatcher
 from syncd.pdfs import Archiver
 from syncd.poller import outcome_of, poll_connection
+from syncd.progress import RunProgress
 from syncd.sinks.base import Sink, sink_class
+from syncd.store import outbox, pdf_jobs
 from syncd.store.database import Database, InstanceLock, open_database, sqlite_path
 from syncd.systemd import Notifier
 
@@ -185,17 +187,44 @@ def run_once(
                     poll_connection(name, client, db, clock=clock)
                 except ApiError as exc:
                     errors.append(exc)
-            unarchived = runtime.archiver.drain(sleep)
-            if unarchived:
-                errors.append(
-                    PdfUnavailable(
-                        f"{len(unarchived)} PDF(s) not archived yet, kept for the next run: "
-                        + "; ".join(unarchived[:3])
-                    )
-                )
-            errors += deliver_all(runtime.dispatcher, config.http.max_attempts, sleep, clock)
+            progress = RunProgress.for_terminal()
+            try:
+                errors += _archive_and_deliver(runtime, progress, sleep, clock)
+            finally:
+                if progress is not None:
+                    progress.close()
         finally:
             runtime.close()
+    return errors
+
+
+def _archive_and_deliver(
+    runtime: Runtime,
+    progress: RunProgress | None,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> list[SyncdError]:
+    errors: list[SyncdError] = []
+    if progress is not None:
+        now = datetime.fromtimestamp(clock(), UTC)
+        progress.begin("pdfs", "archiving PDFs", pdf_jobs.count_live(runtime.db, now))
+        runtime.archiver.on_outcome = lambda outcome: (
+            progress.advance("pdfs") if outcome.kind in ("archived", "failed") else None
+        )
+    unarchived = runtime.archiver.drain(sleep)
+    if unarchived:
+        errors.append(
+            PdfUnavailable(
+                f"{len(unarchived)} PDF(s) not archived yet, kept for the next run: "
+                + "; ".join(unarchived[:3])
+            )
+        )
+    if progress is not None:
+        for channel in runtime.dispatcher.channels:
+            pending = outbox.sink_status(runtime.db, channel.name).pending
+            progress.begin(channel.name, f"delivering to {channel.name}", pending)
+        runtime.dispatcher.on_delivered = lambda sink, count: progress.advance(sink, count)
+    errors += deliver_all(runtime.dispatcher, runtime.config.http.max_attempts, sleep, clock)
     return errors
 
 

@@ -77,8 +77,10 @@ class Dispatcher:
     ) -> None:
         self._db = db
         self._max_attempts = max_attempts
-        # Told the sink name of every failed send (the daemon counts them for /metrics).
+        # Told the sink name of every failed send (the daemon counts them for /metrics),
+        # and of every delivered batch with its size (progress for run --once).
         self.on_failure: Callable[[str], object] = lambda _sink: None
+        self.on_delivered: Callable[[str, int], object] = lambda _sink, _count: None
         self.channels = list(channels)
         self._clock = clock
         self._rand = rand
@@ -123,6 +125,7 @@ class Dispatcher:
                     return delivered, False
                 continue
             outbox.advance_cursor(self._db, channel.name, batch[-1].seq, len(wanted), self._now())
+            self.on_delivered(channel.name, len(batch))
             delivered += len(wanted)
             self._succeeded(channel)
 

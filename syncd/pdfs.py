@@ -307,6 +307,7 @@ class Archiver:
         self._rand = rand
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self.on_outcome: Callable[[Outcome], object] = lambda _outcome: None  # progress
         # No auth, no redirects: the link is the credential and must not travel.
         self._http = httpx.Client(
             timeout=timeout,
@@ -429,6 +430,7 @@ class Archiver:
         while True:
             outcomes = self.archive_due()
             for outcome in outcomes:
+                self.on_outcome(outcome)
                 key = outcome.key
                 retry_at.pop(key, None)
                 if outcome.kind not in ("retry", "dead_link"):

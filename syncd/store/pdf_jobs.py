@@ -150,6 +150,15 @@ def due(db: Database, now: datetime, limit: int) -> list[PdfJob]:
         return [PdfJob(*row) for row in conn.execute(stmt)]
 
 
+def count_live(db: Database, now: datetime) -> int:
+    """Pending jobs that hold a live link (what a run can archive now or after backoff)."""
+    stmt = select(func.count()).where(
+        JOBS.c.state == PENDING, JOBS.c.url.is_not(None), JOBS.c.deadline > now
+    )
+    with db.read() as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
 def next_wakeup(db: Database, now: datetime) -> datetime | None:
     """When the earliest backed-off job with a live link becomes due."""
     stmt = select(func.min(JOBS.c.next_attempt_at)).where(
