@@ -15,7 +15,7 @@ demo: $(BIN)/syncd  ## install, then run the simulator + daemon + console sink
 	$(BIN)/syncd demo
 
 test: $(BIN)/syncd  ## install, then run the test suite
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 lint: $(BIN)/syncd  ## ruff and mypy (strict) on syncd/
 	$(BIN)/ruff check syncd tests
