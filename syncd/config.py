@@ -11,6 +11,8 @@ and never quotes a secret.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import math
@@ -299,6 +301,22 @@ NonEmptyStr = Annotated[str, Field(min_length=1)]
 Name = Annotated[str, AfterValidator(_check_name)]
 HttpUrlStr = Annotated[str, AfterValidator(_check_http_url)]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
+
+
+def _check_webhook_secret(value: SecretStr | None) -> SecretStr | None:
+    # Standard Webhooks: "whsec_" and the base64 of the HMAC key (the prefix is optional).
+    if value is not None:
+        encoded = value.get_secret_value().removeprefix("whsec_").strip()
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not key:
+            raise ValueError("must be whsec_ followed by the base64 of the signing key")
+    return value
+
+
+WebhookSecret = Annotated[OptionalSecret, AfterValidator(_check_webhook_secret)]
 RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
 NatsUrl = Annotated[str, AfterValidator(_check_nats_url)]
 MqttUrl = Annotated[str, AfterValidator(_check_mqtt_url)]
@@ -405,7 +423,10 @@ class WebhookSinkConfig(_SinkBase):
 
     type: Literal["webhook"]
     url: HttpUrlStr
-    secret: OptionalSecret = None
+    secret: WebhookSecret = None
+    # Events per POST: 1 sends one CloudEvent per request, more sends a JSON array.
+    batch_size: Count = 1
+    timeout: Seconds = Field(default=10.0, gt=0)
 
 
 class RedisSinkConfig(_SinkBase):
@@ -414,6 +435,8 @@ class RedisSinkConfig(_SinkBase):
     type: Literal["redis"]
     url: RedisUrl = "redis://127.0.0.1:6379/0"
     stream: NonEmptyStr = "inventoryarts"
+    # Approximate cap on the stream's length (XADD MAXLEN ~); 0 keeps every entry.
+    maxlen: Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)] = 0
 
 
 class NatsSinkConfig(_SinkBase):
@@ -425,6 +448,8 @@ class NatsSinkConfig(_SinkBase):
     ] = ("nats://127.0.0.1:4222",)
     subject: NonEmptyStr = "inventoryarts.{type}"
     jetstream: bool = True
+    # The JetStream stream created over the subject's prefix when none covers it yet.
+    stream: NonEmptyStr = "INVENTORYARTS"
 
 
 class MqttSinkConfig(_SinkBase):

@@ -92,42 +92,48 @@ class Dispatcher:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     def deliver_due(self) -> Round:
-        """Deliver every pending event to every sink that is not backing off."""
+        """Deliver every pending event to every sink that is not backing off.
+
+        Sinks take turns, one batch each, so a slow sink does not hold back the others.
+        """
         delivered, failing = 0, []
+        active = []
         for channel in self.channels:
             if channel.disabled or channel.next_attempt_at > self._clock():
                 failing.append(channel.name)
-                continue
-            count, ok = self._drain(channel)
-            delivered += count
-            if not ok:
-                failing.append(channel.name)
+            else:
+                active.append(channel)
+        while active:
+            for channel in list(active):
+                count, state = self._deliver_batch(channel)
+                delivered += count
+                if state != "more":
+                    active.remove(channel)
+                if state == "failed":
+                    failing.append(channel.name)
         waits = [c.next_attempt_at for c in self.channels if c.failures and not c.disabled]
         return Round(delivered, tuple(failing), min(waits) if waits else None)
 
-    def _drain(self, channel: Channel) -> tuple[int, bool]:
-        delivered = 0
-        while True:
-            position = outbox.cursor_position(self._db, channel.name)
-            batch = outbox.read_after(self._db, position, self._batch_size)
-            if not batch:
-                return delivered, True
-            wanted = [event for event in batch if matches(event.type, channel.filters)]
-            try:
-                if not channel.opened:
-                    channel.sink.open()
-                    channel.opened = True
-                if wanted:
-                    channel.sink.send(wanted)
-            except SinkError as exc:
-                delivered += exc.delivered
-                if not self._failed(channel, batch, wanted, exc):
-                    return delivered, False
-                continue
-            outbox.advance_cursor(self._db, channel.name, batch[-1].seq, len(wanted), self._now())
-            self.on_delivered(channel.name, len(batch))
-            delivered += len(wanted)
-            self._succeeded(channel)
+    def _deliver_batch(self, channel: Channel) -> tuple[int, str]:
+        """Send the next batch to one sink: ("more" | "caught_up" | "failed")."""
+        position = outbox.cursor_position(self._db, channel.name)
+        batch = outbox.read_after(self._db, position, self._batch_size)
+        if not batch:
+            return 0, "caught_up"
+        wanted = [event for event in batch if matches(event.type, channel.filters)]
+        try:
+            if not channel.opened:
+                channel.sink.open()
+                channel.opened = True
+            if wanted:
+                channel.sink.send(wanted)
+        except SinkError as exc:
+            goes_on = self._failed(channel, batch, wanted, exc)
+            return exc.delivered, "more" if goes_on else "failed"
+        outbox.advance_cursor(self._db, channel.name, batch[-1].seq, len(wanted), self._now())
+        self.on_delivered(channel.name, len(batch))
+        self._succeeded(channel)
+        return len(wanted), "more"
 
     def _failed(
         self,

@@ -213,7 +213,7 @@ path = "/srv/events.jsonl"
 name = "erp"
 type = "webhook"
 url = "https://erp.example.org/hook"
-secret = "whsec_abc"
+secret = "whsec_dGVzdGtleQ=="
 [[sinks]]
 name = "r"
 type = "redis"
@@ -245,7 +245,7 @@ routing_key = "po.{type}"
     assert isinstance(erp, WebhookSinkConfig)
     assert erp.url == "https://erp.example.org/hook"
     assert erp.secret is not None
-    assert erp.secret.get_secret_value() == "whsec_abc"
+    assert erp.secret.get_secret_value() == "whsec_dGVzdGtleQ=="
     assert redis == RedisSinkConfig(
         name="r", type="redis", url="rediss://:pw@redis.internal:6380/1", stream="po"
     )
@@ -994,3 +994,25 @@ def test_example_config_documents_every_key() -> None:
     for kind, model in sink_models.items():
         assert shown[kind] | {"types"} == set(model.model_fields), kind
     assert any("types" in keys for keys in shown.values())
+
+
+def test_webhook_secret_must_be_whsec_base64(fail: Fail) -> None:
+    """A webhook secret that is not whsec_<base64> is a config error that hides the value."""
+    message = fail(
+        """
+[[connections]]
+name = "band"
+base_url = "https://inventoryarts.com/"
+client_id = "id"
+client_secret = "s"
+
+[[sinks]]
+name = "erp"
+type = "webhook"
+url = "https://erp.example.org/hook"
+secret = "whsec_not*base64!"
+"""
+    )
+    assert '[[sinks]] "erp"' in message
+    assert "secret" in message
+    assert "not*base64" not in message

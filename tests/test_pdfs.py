@@ -7,8 +7,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -48,12 +48,12 @@ def clock() -> FastClock:
 @pytest.fixture
 def configure(
     sim: Simulator, make_config: Callable[..., Setup]
-) -> Iterator[Callable[..., tuple[Config, Setup]]]:
+) -> Callable[..., tuple[Config, Setup]]:
     def make(**kwargs: object) -> tuple[Config, Setup]:
         setup = make_config(sim, **kwargs)
         return load_config(setup.path, setup.env), setup
 
-    yield make
+    return make
 
 
 def pdf_files(config: Config) -> dict[str, bytes]:

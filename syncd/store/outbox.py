@@ -72,20 +72,23 @@ def cursor_position(db: Database, sink: str) -> int:
 def advance_cursor(db: Database, sink: str, position: int, delivered: int, now: datetime) -> None:
     """Move a sink's cursor forward (never back) and clear its last error."""
     with db.write() as conn:
-        _ensure_cursor(conn, sink, now)
-        conn.execute(
-            update(CURSORS)
-            .where(CURSORS.c.sink == sink)
-            .values(
-                position=func.max(CURSORS.c.position, position)
-                if conn.dialect.name == "sqlite"
-                else func.greatest(CURSORS.c.position, position),
-                delivered=CURSORS.c.delivered + delivered,
-                last_error=None,
-                last_error_at=None,
-                updated_at=now,
-            )
+        _advance(conn, sink, position, delivered, now)
+
+
+def _advance(conn: Connection, sink: str, position: int, delivered: int, now: datetime) -> None:
+    _ensure_cursor(conn, sink, now)
+    greatest = func.max if conn.dialect.name == "sqlite" else func.greatest
+    conn.execute(
+        update(CURSORS)
+        .where(CURSORS.c.sink == sink)
+        .values(
+            position=greatest(CURSORS.c.position, position),
+            delivered=CURSORS.c.delivered + delivered,
+            last_error=None,
+            last_error_at=None,
+            updated_at=now,
         )
+    )
 
 
 def record_sink_error(db: Database, sink: str, error: str, now: datetime) -> None:
@@ -99,15 +102,14 @@ def record_sink_error(db: Database, sink: str, error: str, now: datetime) -> Non
 
 
 def dead_letter(db: Database, sink: str, event: StoredEvent, error: str, now: datetime) -> None:
-    """Park an event the sink refused for good, and move the cursor past it."""
+    """Park an event the sink refused for good and move the cursor past it, together."""
     with db.write() as conn:
-        _ensure_cursor(conn, sink, now)
         conn.execute(
             DEAD_LETTERS.insert().values(
                 sink=sink, seq=event.seq, event_id=event.event_id, error=error, created_at=now
             )
         )
-    advance_cursor(db, sink, event.seq, 0, now)
+        _advance(conn, sink, event.seq, 0, now)
 
 
 def _ensure_cursor(conn: Connection, sink: str, now: datetime) -> None:
