@@ -67,9 +67,7 @@ def test_gap_makes_the_next_poll_sooner(sim: Simulator, make_config: Callable[..
         daemon.start()
         try:
             wait_for(
-                lambda: any(
-                    e.type.endswith("gap_detected") for e in outbox.read_after(db, 0, 100)
-                )
+                lambda: any(e.type.endswith("gap_detected") for e in outbox.read_after(db, 0, 100))
             )
             job = daemon.scheduler.get_job("poll:band")
             wait_for(lambda: job.next_run_time < datetime.now(UTC) + timedelta(seconds=15))
