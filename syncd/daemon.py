@@ -34,6 +34,7 @@ from syncd.config import Config, ConnectionConfig
 from syncd.diff import next_poll_delay
 from syncd.errors import ApiError, AuthError, PdfUnavailable, SinkUnavailable, SyncdError
 from syncd.health import HealthServer, Metrics, WatchedConnection, readiness
+from syncd.leases import CONNECTION, SINK, leases_for
 from syncd.logging import get_logger, secrets
 from syncd.outbox import Channel, Dispatcher
 from syncd.pdfs import Archiver
@@ -47,7 +48,8 @@ from syncd.systemd import Notifier
 SHUTDOWN_GRACE_SECONDS = 6.0  # in-flight work may finish this long after SIGTERM
 SHUTDOWN_CANCEL_SECONDS = 2.0  # then downloads are cancelled and get this long to clean up
 HEARTBEAT_SECONDS = 5.0  # scheduler heartbeat (/healthz), faster when systemd asks
-START_SPREAD_SECONDS = 5.0  # first polls spread over this window, not all at once
+LEASE_SECONDS = 5.0  # lease rounds at least this often (and twice per poll interval)
+START_SPREAD_SECONDS = 5.0  # polls spread over at least this window, not all at once
 
 
 class ShuttingDown(Exception):
@@ -277,6 +279,7 @@ class Daemon:
             executors={
                 "default": ThreadPoolExecutor(max_workers=workers),
                 "heartbeat": ThreadPoolExecutor(max_workers=1),
+                "leases": ThreadPoolExecutor(max_workers=1),
             },
             timezone=UTC,
         )
@@ -291,6 +294,17 @@ class Daemon:
             sink
         ).inc()
         self.health: HealthServer | None = None
+        self.leases = leases_for(
+            db.url,
+            [c.name for c in config.connections],
+            [c.name for c in self.runtime.dispatcher.channels],
+            is_postgresql=db.is_postgresql,
+        )
+        self.runtime.dispatcher.may_deliver = lambda sink: self.leases.holds(SINK, sink)
+        # Each archived or failed PDF is an event: deliver it now.
+        self.runtime.archiver.on_outcome = lambda outcome: (
+            self.runtime.dispatcher.wake() if outcome.kind in ("archived", "failed") else None
+        )
         self._log = get_logger(job="daemon")
 
     def _sleep(self, seconds: float) -> None:
@@ -320,8 +334,19 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval
         return max(0.1, min(HEARTBEAT_SECONDS, watchdog / 2 if watchdog else HEARTBEAT_SECONDS))
 
+    def lease_job(self) -> None:
+        held_sinks = [
+            c.name for c in self.runtime.dispatcher.channels if self.leases.holds(SINK, c.name)
+        ]
+        self.leases.rebalance()
+        if any(
+            self.leases.holds(SINK, c.name) and c.name not in held_sinks
+            for c in self.runtime.dispatcher.channels
+        ):
+            self.runtime.dispatcher.wake()  # a sink just became ours
+
     def poll_job(self, connection: ConnectionConfig) -> None:
-        if self.stop_event.is_set():
+        if self.stop_event.is_set() or not self.leases.holds(CONNECTION, connection.name):
             return
         client = self.runtime.clients[connection.name]
         log = get_logger(connection=connection.name, job="poll")
@@ -373,10 +398,12 @@ class Daemon:
             self.health = HealthServer(
                 listen, alive=self.alive, ready=self.ready, metrics=self.metrics.render
             )
+        self.leases.rebalance()
+        # A stable offset per connection spreads polls over the interval, so many
+        # connections (and restarts) do not all poll at the same instant.
+        spread_window = max(START_SPREAD_SECONDS, 0.25 * len(self.config.connections))
         for connection in self.config.connections:
-            # A stable offset per connection, so restarts and many connections do not
-            # all poll at the same instant.
-            spread = min(START_SPREAD_SECONDS, connection.poll_interval)
+            spread = min(spread_window, connection.poll_interval)
             offset = (zlib.crc32(connection.name.encode()) % 1000) / 1000 * spread
             self.scheduler.add_job(
                 self._tracked(self.poll_job),
@@ -389,6 +416,16 @@ class Daemon:
                 misfire_grace_time=max(1, int(connection.poll_interval)),
                 next_run_time=now + timedelta(seconds=offset),
             )
+        shortest = min(c.poll_interval for c in self.config.connections)
+        self.scheduler.add_job(
+            self.lease_job,
+            # Twice per poll interval: a dead process's connections move within one.
+            IntervalTrigger(seconds=max(0.25, min(LEASE_SECONDS, shortest / 2)), timezone=UTC),
+            id="leases",
+            executor="leases",
+            max_instances=1,
+            coalesce=True,
+        )
         self.scheduler.add_job(
             self.heartbeat,
             IntervalTrigger(seconds=self.heartbeat_interval(), timezone=UTC),
@@ -407,9 +444,7 @@ class Daemon:
                 daemon=True,
             ),
             threading.Thread(
-                target=self._tracked(
-                    lambda: self.runtime.archiver.run(self.stop_event, self.runtime.dispatcher.wake)
-                ),
+                target=self._tracked(lambda: self.runtime.archiver.run(self.stop_event)),
                 name="syncd-archiver",
                 daemon=True,
             ),
@@ -458,6 +493,7 @@ class Daemon:
             self.health.stop()
         if clean:
             self.runtime.close()
+            self.leases.close()  # after the work: a lease must outlive its last poll
         self._log.info("stopped" if clean else "stopped, abandoning in-flight requests")
         return clean
 

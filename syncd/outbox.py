@@ -81,6 +81,8 @@ class Dispatcher:
         # and of every delivered batch with its size (progress for run --once).
         self.on_failure: Callable[[str], object] = lambda _sink: None
         self.on_delivered: Callable[[str, int], object] = lambda _sink, _count: None
+        # Several processes on one PostgreSQL: only the holder of a sink's lease sends to it.
+        self.may_deliver: Callable[[str], bool] = lambda _sink: True
         self.channels = list(channels)
         self._clock = clock
         self._rand = rand
@@ -99,6 +101,8 @@ class Dispatcher:
         delivered, failing = 0, []
         active = []
         for channel in self.channels:
+            if not self.may_deliver(channel.name):
+                continue
             if channel.disabled or channel.next_attempt_at > self._clock():
                 failing.append(channel.name)
             else:

@@ -328,14 +328,45 @@ class Archiver:
         self._http.close()
 
     def archive_due(self) -> list[Outcome]:
-        """Download every due job once (``concurrency`` at a time), earliest deadline first."""
-        jobs = pdf_jobs.due(self._db, self._now(), limit=max(64, self._concurrency * 8))
-        if not jobs:
-            return []
-        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="syncd-pdf") as pool:
-            return list(pool.map(self._archive, jobs))
+        """Work every due job, ``concurrency`` at a time, earliest deadline first.
 
-    def _archive(self, job: PdfJob) -> Outcome:
+        Each worker claims the next due job until none is left; a job whose attempt
+        failed is backing off, so it is not due again within this call.
+        """
+        outcomes: list[Outcome] = []
+        busy: set[pdf_jobs.JobKey] = set()
+        lock = threading.Lock()
+
+        def reserve(key: pdf_jobs.JobKey) -> bool:
+            with lock:
+                if key in busy:
+                    return False
+                busy.add(key)
+                return True
+
+        def worker() -> None:
+            while not self._stopping.is_set():
+                with pdf_jobs.claim_next(
+                    self._db, self._now(), reserve, self._concurrency + 1
+                ) as claim:
+                    if claim is None:
+                        return
+                    try:
+                        outcome = self._archive(claim)
+                    finally:
+                        with lock:
+                            busy.discard(pdf_jobs.job_key(claim.job))
+                with lock:
+                    outcomes.append(outcome)
+                self.on_outcome(outcome)
+
+        with ThreadPoolExecutor(self._concurrency, thread_name_prefix="syncd-pdf") as pool:
+            for future in [pool.submit(worker) for _ in range(self._concurrency)]:
+                future.result()
+        return outcomes
+
+    def _archive(self, claim: pdf_jobs.Claim) -> Outcome:
+        job = claim.job
         log = get_logger(connection=job.connection, job="pdfs", order_id=job.order_id)
         assert job.url is not None
         try:
@@ -349,21 +380,22 @@ class Archiver:
                 cancelled=self._stopping.is_set,
             )
         except DownloadCancelled:
-            return Outcome(job, "cancelled")
+            return Outcome(job, "cancelled")  # the claim ends unchanged: the job stays due
         except DownloadFailed as failure:
-            return self._after(job, failure)
+            return self._after(claim, failure)
         except OSError as exc:  # disk full, permissions: retry later, loudly
             return self._after(
-                job,
+                claim,
                 DownloadFailed(
                     f"cannot write the PDF: {exc.strerror}", reason="storage", kind="retry"
                 ),
             )
-        if pdf_jobs.complete(self._db, job, stored.sha256, stored.size, stored.path, self._now()):
+        if claim.complete(stored.sha256, stored.size, stored.path, self._now()):
             log.info("pdf archived", version=job.version, size=stored.size, path=stored.path)
         return Outcome(job, "archived")
 
-    def _after(self, job: PdfJob, failure: DownloadFailed) -> Outcome:
+    def _after(self, claim: pdf_jobs.Claim, failure: DownloadFailed) -> Outcome:
+        job = claim.job
         logger = get_logger(connection=job.connection, job="pdfs", order_id=job.order_id)
         decision = after_failure(
             failure,
@@ -375,15 +407,15 @@ class Archiver:
         message = redact(f"order {job.order_id} v{job.version}: {failure}")
         now = self._now()
         if decision.action == "wait_for_link":
-            pdf_jobs.drop_link(self._db, job, str(failure), now)
+            claim.drop_link(str(failure), now)
             logger.info("pdf link expired, waiting for a fresh one", version=job.version)
             return Outcome(job, "dead_link", message)
         if decision.action == "fail":
-            if pdf_jobs.fail(self._db, job, decision.reason, now):
+            if claim.fail(decision.reason, now):
                 logger.error("pdf failed", version=job.version, reason=decision.reason)
             return Outcome(job, "failed", message)
         retry_at = now + timedelta(seconds=decision.delay)
-        pdf_jobs.postpone(self._db, job, str(failure), retry_at, now)
+        claim.postpone(str(failure), retry_at, now)
         if job.attempts == 0:  # the first failure of a job is news; later ones are not
             logger.warning("pdf download failed, will retry", error=str(failure))
         return Outcome(job, "retry", message, retry_at)
@@ -398,20 +430,15 @@ class Archiver:
         self._stopping.set()
         self._wake.set()
 
-    def run(
-        self, stop: threading.Event, on_archived: Callable[[], None], idle: float = 30.0
-    ) -> None:
-        """Archive until ``stop``: on every wake-up and whenever a backoff ends."""
+    def run(self, stop: threading.Event, idle: float = 30.0) -> None:
+        """Archive until ``stop``: on every wake-up (a poll brought jobs or links) and
+        whenever a backoff ends."""
         log = get_logger(job="pdfs")
         while not stop.is_set():
             self._wake.clear()
             timeout = idle
             try:
-                outcomes = self.archive_due()
-                if any(o.kind in ("archived", "failed") for o in outcomes):
-                    on_archived()
-                if outcomes and not self._stopping.is_set():
-                    continue  # more may be due right away
+                self.archive_due()
                 wakeup = pdf_jobs.next_wakeup(self._db, self._now())
                 if wakeup is not None:
                     timeout = min(idle, max(0.05, (wakeup - self._now()).total_seconds()))
@@ -430,7 +457,6 @@ class Archiver:
         while True:
             outcomes = self.archive_due()
             for outcome in outcomes:
-                self.on_outcome(outcome)
                 key = outcome.key
                 retry_at.pop(key, None)
                 if outcome.kind not in ("retry", "dead_link"):

@@ -9,9 +9,11 @@ order has left the window with no usable link can never be archived: it fails wi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select, update
 
@@ -69,14 +71,14 @@ def on_poll(
 
     Returns the events to append (``pdf_failed`` for superseded and expired jobs).
     """
-    pending = {
-        (row.order_id, row.version): row
-        for row in conn.execute(
-            select(
-                JOBS.c.order_id, JOBS.c.version, JOBS.c.url, JOBS.c.deadline, JOBS.c.retries
-            ).where(JOBS.c.connection == connection, JOBS.c.state == PENDING)
-        )
-    }
+    stmt = select(
+        JOBS.c.order_id, JOBS.c.version, JOBS.c.url, JOBS.c.deadline, JOBS.c.retries
+    ).where(JOBS.c.connection == connection, JOBS.c.state == PENDING)
+    if conn.dialect.name == "postgresql":
+        # A job being downloaded is locked by its archiver: leave it to that archiver
+        # rather than wait for the download to end.
+        stmt = stmt.with_for_update(skip_locked=True)
+    pending = {(row.order_id, row.version): row for row in conn.execute(stmt)}
     returned = {order.id: order for order in orders}
     events: list[Event] = []
     new_jobs = []
@@ -125,29 +127,24 @@ def on_poll(
     return events
 
 
-def due(db: Database, now: datetime, limit: int) -> list[PdfJob]:
-    """Pending jobs with a live link whose backoff is over, earliest deadline first."""
-    stmt = (
-        select(
-            JOBS.c.connection,
-            JOBS.c.order_id,
-            JOBS.c.version,
-            JOBS.c.url,
-            JOBS.c.deadline,
-            JOBS.c.attempts,
-            JOBS.c.retries,
-        )
-        .where(
-            JOBS.c.state == PENDING,
-            JOBS.c.url.is_not(None),
-            JOBS.c.deadline > now,
-            or_(JOBS.c.next_attempt_at.is_(None), JOBS.c.next_attempt_at <= now),
-        )
-        .order_by(JOBS.c.deadline, JOBS.c.connection, JOBS.c.order_id, JOBS.c.version)
-        .limit(limit)
+def _due(now: datetime) -> Any:
+    return and_(
+        JOBS.c.state == PENDING,
+        JOBS.c.url.is_not(None),
+        JOBS.c.deadline > now,
+        or_(JOBS.c.next_attempt_at.is_(None), JOBS.c.next_attempt_at <= now),
     )
-    with db.read() as conn:
-        return [PdfJob(*row) for row in conn.execute(stmt)]
+
+
+_JOB_COLUMNS = (
+    JOBS.c.connection,
+    JOBS.c.order_id,
+    JOBS.c.version,
+    JOBS.c.url,
+    JOBS.c.deadline,
+    JOBS.c.attempts,
+    JOBS.c.retries,
+)
 
 
 def count_live(db: Database, now: datetime) -> int:
@@ -181,68 +178,114 @@ def _where(job: PdfJob) -> object:
     )
 
 
-def complete(db: Database, job: PdfJob, sha256: str, size: int, path: str, now: datetime) -> bool:
-    """Mark archived and emit ``pdf_archived``, once (False if another worker got there)."""
-    with db.write() as conn:
-        done = conn.execute(
-            update(JOBS)
-            .where(_where(job))  # type: ignore[arg-type]
-            .values(
+class Claim:
+    """One job taken for work, and the writes that record how the work went.
+
+    On PostgreSQL the job's row stays locked (``FOR UPDATE SKIP LOCKED``) in the claim's
+    own transaction until the outcome commits: no other process takes it meanwhile, and
+    if this process dies the lock dies with its session and the job is free again at
+    once. On SQLite a single daemon owns the file; the archiver keeps its own threads
+    from taking the same job, and each outcome is a short write transaction.
+    """
+
+    def __init__(self, db: Database, job: PdfJob, conn: Connection | None) -> None:
+        self._db = db
+        self.job = job
+        self._conn = conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self._conn is not None:
+            yield self._conn
+        else:
+            with self._db.write() as conn:
+                yield conn
+
+    def _update(self, conn: Connection, **values: object) -> int:
+        stmt = update(JOBS).where(_where(self.job)).values(**values)  # type: ignore[arg-type]
+        return int(conn.execute(stmt).rowcount)
+
+    def complete(self, sha256: str, size: int, path: str, now: datetime) -> bool:
+        """Mark archived and emit ``pdf_archived``, once (False if it was no longer pending)."""
+        job = self.job
+        with self._write() as conn:
+            done = self._update(
+                conn,
                 state=DONE,
                 sha256=sha256,
                 size=size,
                 path=path,
                 url=None,
+                next_attempt_at=None,
                 last_error=None,
                 updated_at=now,
             )
-        ).rowcount
-        if done:
-            event = pdf_archived_event(
-                job.connection, job.order_id, job.version, sha256, size, path, now
-            )
-            append_events(conn, [event], now)
-    return bool(done)
+            if done:
+                event = pdf_archived_event(
+                    job.connection, job.order_id, job.version, sha256, size, path, now
+                )
+                append_events(conn, [event], now)
+        return bool(done)
 
+    def fail(self, reason: str, now: datetime) -> bool:
+        """Give up on the job for good and emit ``pdf_failed`` with ``reason``."""
+        job = self.job
+        with self._write() as conn:
+            pending = conn.execute(select(JOBS.c.order_id).where(_where(job))).first()  # type: ignore[arg-type]
+            if pending is None:
+                return False
+            key = (job.connection, job.order_id, job.version, job.retries)
+            append_events(conn, [_fail(conn, key, reason, now)], now)
+        return True
 
-def fail(db: Database, job: PdfJob, reason: str, now: datetime) -> bool:
-    """Give up on a job for good and emit ``pdf_failed`` with ``reason``."""
-    with db.write() as conn:
-        still_pending = conn.execute(
-            select(JOBS.c.order_id).where(_where(job))  # type: ignore[arg-type]
-        ).first()
-        if still_pending is None:
-            return False
-        event = _fail(conn, (job.connection, job.order_id, job.version, job.retries), reason, now)
-        append_events(conn, [event], now)
-    return True
-
-
-def postpone(
-    db: Database, job: PdfJob, error: str, next_attempt_at: datetime, now: datetime
-) -> None:
-    """Count a failed attempt; try again at ``next_attempt_at``."""
-    with db.write() as conn:
-        conn.execute(
-            update(JOBS)
-            .where(_where(job))  # type: ignore[arg-type]
-            .values(
+    def postpone(self, error: str, next_attempt_at: datetime, now: datetime) -> None:
+        """Count a failed attempt; try again at ``next_attempt_at``."""
+        with self._write() as conn:
+            self._update(
+                conn,
                 attempts=JOBS.c.attempts + 1,
                 next_attempt_at=next_attempt_at,
                 last_error=error,
                 updated_at=now,
             )
-        )
+
+    def drop_link(self, error: str, now: datetime) -> None:
+        """The PDF host says the link is dead: wait for the next poll's link."""
+        with self._write() as conn:
+            self._update(conn, url=None, last_error=error, updated_at=now)
 
 
-def drop_link(db: Database, job: PdfJob, error: str, now: datetime) -> None:
-    """The PDF host says the link is dead: wait for the next poll's link."""
-    with db.write() as conn:
-        conn.execute(
-            update(JOBS)
-            .where(_where(job))  # type: ignore[arg-type]
-            .values(url=None, last_error=error, updated_at=now)
-        )
+JobKey = tuple[str, int, int]
+
+
+@contextmanager
+def claim_next(
+    db: Database, now: datetime, reserve: Callable[[JobKey], bool], lookahead: int
+) -> Iterator[Claim | None]:
+    """The due job with the earliest deadline, claimed for the length of the block.
+
+    ``reserve(key)`` is this process's own bookkeeping: it returns False for a job one of
+    its threads already works on (SQLite has no row locks to say so).
+    """
+    stmt = (
+        select(*_JOB_COLUMNS)
+        .where(_due(now))
+        .order_by(JOBS.c.deadline, JOBS.c.connection, JOBS.c.order_id, JOBS.c.version)
+    )
+    if db.is_postgresql:
+        with db.write() as conn:
+            row = conn.execute(stmt.limit(1).with_for_update(skip_locked=True)).first()
+            job = PdfJob(*row) if row else None
+            yield Claim(db, job, conn) if job and reserve(job_key(job)) else None
+        return
+    with db.read() as conn:
+        rows = conn.execute(stmt.limit(lookahead)).all()
+    job = next((PdfJob(*r) for r in rows if reserve((r[0], r[1], r[2]))), None)
+    yield Claim(db, job, None) if job else None
+
+
+def job_key(job: PdfJob) -> JobKey:
+    return (job.connection, job.order_id, job.version)
 
 
 def retry_failed(db: Database, connection: str | None, now: datetime) -> int:
