@@ -43,6 +43,7 @@ from syncd.progress import RunProgress
 from syncd.sinks.base import Sink, sink_class
 from syncd.store import outbox, pdf_jobs
 from syncd.store.database import Database, InstanceLock, open_database, sqlite_path
+from syncd.store.state import load_state
 from syncd.systemd import Notifier
 
 SHUTDOWN_GRACE_SECONDS = 6.0  # in-flight work may finish this long after SIGTERM
@@ -335,15 +336,25 @@ class Daemon:
         return max(0.1, min(HEARTBEAT_SECONDS, watchdog / 2 if watchdog else HEARTBEAT_SECONDS))
 
     def lease_job(self) -> None:
-        held_sinks = [
-            c.name for c in self.runtime.dispatcher.channels if self.leases.holds(SINK, c.name)
-        ]
-        self.leases.rebalance()
-        if any(
-            self.leases.holds(SINK, c.name) and c.name not in held_sinks
-            for c in self.runtime.dispatcher.channels
-        ):
+        channels = self.runtime.dispatcher.channels
+        sinks_before = {c.name for c in channels if self.leases.holds(SINK, c.name)}
+        taken = self.leases.rebalance()
+        if any(self.leases.holds(SINK, c.name) for c in channels if c.name not in sinks_before):
             self.runtime.dispatcher.wake()  # a sink just became ours
+        for name in taken:
+            self._poll_soon(name)
+
+    def _poll_soon(self, name: str) -> None:
+        """A connection just taken over is polled when its interval since the last poll
+        (by whichever process) is up, not a whole interval from now."""
+        connection = next(c for c in self.config.connections if c.name == name)
+        state = load_state(self.db, name) or {}
+        last = state.get("last_poll_at")
+        when = datetime.now(UTC)
+        if last is not None:
+            when = max(when, last + timedelta(seconds=connection.poll_interval))
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.modify_job(f"poll:{name}", next_run_time=when)
 
     def poll_job(self, connection: ConnectionConfig) -> None:
         if self.stop_event.is_set() or not self.leases.holds(CONNECTION, connection.name):

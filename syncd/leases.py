@@ -19,6 +19,7 @@ import math
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from syncd.logging import get_logger
@@ -30,7 +31,9 @@ SINK = "sink"
 class Leases(Protocol):
     def holds(self, kind: str, name: str) -> bool: ...
 
-    def rebalance(self) -> None: ...
+    def rebalance(self) -> list[str]:
+        """One round; returns the connections this process has just taken over."""
+        ...
 
     def close(self) -> None: ...
 
@@ -41,8 +44,8 @@ class LocalLeases:
     def holds(self, kind: str, name: str) -> bool:
         return True
 
-    def rebalance(self) -> None:
-        return None
+    def rebalance(self) -> list[str]:
+        return []
 
     def close(self) -> None:
         return None
@@ -58,16 +61,23 @@ def preference(node: str, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{node}/{name}".encode()).digest()[:8], "big")
 
 
-def plan(
-    node: str, names: Sequence[str], held: set[str], members: int
-) -> tuple[list[str], list[str]]:
-    """(to release, to try) so that this node moves toward its fair share (pure)."""
+@dataclass(frozen=True)
+class Plan:
+    """One node's next move toward its fair share."""
+
+    release: list[str]  # held beyond the share, least preferred first to go
+    candidates: list[str]  # not held, most preferred first: try them in turn ...
+    wanted: int  # ... until this many were taken
+
+
+def plan(node: str, names: Sequence[str], held: set[str], members: int) -> Plan:
+    """What this node should release or try to take (pure)."""
     target = fair_share(len(names), members)
     ranked = sorted(names, key=lambda name: preference(node, name), reverse=True)
     mine = [name for name in ranked if name in held]
     if len(mine) > target:
-        return mine[target:], []
-    return [], [name for name in ranked if name not in held][: target - len(mine)]
+        return Plan(mine[target:], [], 0)
+    return Plan([], [name for name in ranked if name not in held], target - len(mine))
 
 
 class PostgresLeases:
@@ -151,16 +161,25 @@ class PostgresLeases:
     def holds(self, kind: str, name: str) -> bool:
         return (kind, name) in self._held
 
-    def rebalance(self) -> None:
-        """One round: count the processes, release or take connection leases, take sinks."""
+    def rebalance(self) -> list[str]:
+        """One round: count the processes, release or take connection leases, take sinks.
+
+        Returns the connections taken over in this round.
+        """
         try:
             members = self._members()
             held = {name for kind, name in self._held if kind == CONNECTION}
-            release, wanted = plan(self.node, self._connections, held, members)
+            step = plan(self.node, self._connections, held, members)
+            release = step.release
             for name in release:
                 self._release(CONNECTION, name)
                 self._held.discard((CONNECTION, name))
-            connections = [name for name in wanted if self._try(CONNECTION, name)]
+            connections: list[str] = []
+            for name in step.candidates:
+                if len(connections) == step.wanted:
+                    break
+                if self._try(CONNECTION, name):
+                    connections.append(name)
             sinks = [
                 name
                 for name in self._sinks
@@ -176,11 +195,13 @@ class PostgresLeases:
                     took_connections=connections,
                     took_sinks=sinks,
                 )
+            return connections
         except Exception as exc:  # the session is gone: so are its locks
             if self._held:
                 self._log.error("lost the lease session; every lease dropped", error=str(exc))
             self._held.clear()
             self.close()
+            return []
 
     def held(self) -> list[tuple[str, str]]:
         return sorted(self._held)

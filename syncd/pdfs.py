@@ -34,7 +34,7 @@ from syncd.api import parse_retry_after
 from syncd.backoff import full_jitter
 from syncd.logging import get_logger, redact
 from syncd.store import pdf_jobs
-from syncd.store.database import Database
+from syncd.store.database import Database, make_private_dir
 from syncd.store.pdf_jobs import PdfJob
 
 CHUNK_SIZE = 1 << 16
@@ -265,6 +265,9 @@ def _pid_alive(pid: int) -> bool:
 # --- the archiver ---------------------------------------------------------------------
 
 
+Note = tuple[str, str, dict[str, object]]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one job's attempt ended: archived, failed, retry (backing off), dead_link,
@@ -274,6 +277,9 @@ class Outcome:
     kind: str
     message: str = ""
     retry_at: datetime | None = None
+    # (level, event, fields) to log once the claim has committed: writing a log line may
+    # block (a full pipe), and no lock should be held meanwhile.
+    note: Note | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -316,7 +322,7 @@ class Archiver:
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             headers={"User-Agent": "syncd", "Accept": "application/pdf"},
         )
-        self.pdf_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.pdf_dir)  # the state dir too, when it does not exist yet
         removed = remove_stale_temporaries(self.pdf_dir, older_than=2 * download_timeout)
         if removed:
             get_logger(job="pdfs").info("removed stale temporary files", count=removed)
@@ -358,6 +364,11 @@ class Archiver:
                             busy.discard(pdf_jobs.job_key(claim.job))
                 with lock:
                     outcomes.append(outcome)
+                if outcome.note is not None:
+                    level, event, fields = outcome.note
+                    job = outcome.job
+                    log = get_logger(connection=job.connection, job="pdfs", order_id=job.order_id)
+                    getattr(log, level)(event, version=job.version, **fields)
                 self.on_outcome(outcome)
 
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="syncd-pdf") as pool:
@@ -367,7 +378,6 @@ class Archiver:
 
     def _archive(self, claim: pdf_jobs.Claim) -> Outcome:
         job = claim.job
-        log = get_logger(connection=job.connection, job="pdfs", order_id=job.order_id)
         assert job.url is not None
         try:
             stored = download_pdf(
@@ -390,13 +400,13 @@ class Archiver:
                     f"cannot write the PDF: {exc.strerror}", reason="storage", kind="retry"
                 ),
             )
-        if claim.complete(stored.sha256, stored.size, stored.path, self._now()):
-            log.info("pdf archived", version=job.version, size=stored.size, path=stored.path)
-        return Outcome(job, "archived")
+        if not claim.complete(stored.sha256, stored.size, stored.path, self._now()):
+            return Outcome(job, "archived")
+        archived: Note = ("info", "pdf archived", {"size": stored.size, "path": stored.path})
+        return Outcome(job, "archived", note=archived)
 
     def _after(self, claim: pdf_jobs.Claim, failure: DownloadFailed) -> Outcome:
         job = claim.job
-        logger = get_logger(connection=job.connection, job="pdfs", order_id=job.order_id)
         decision = after_failure(
             failure,
             job.attempts + 1,
@@ -408,17 +418,18 @@ class Archiver:
         now = self._now()
         if decision.action == "wait_for_link":
             claim.drop_link(str(failure), now)
-            logger.info("pdf link expired, waiting for a fresh one", version=job.version)
-            return Outcome(job, "dead_link", message)
+            waiting: Note = ("info", "pdf link expired, waiting for a fresh one", {})
+            return Outcome(job, "dead_link", message, note=waiting)
         if decision.action == "fail":
+            failed: Note | None = None
             if claim.fail(decision.reason, now):
-                logger.error("pdf failed", version=job.version, reason=decision.reason)
-            return Outcome(job, "failed", message)
+                failed = ("error", "pdf failed", {"reason": decision.reason})
+            return Outcome(job, "failed", message, note=failed)
         retry_at = now + timedelta(seconds=decision.delay)
         claim.postpone(str(failure), retry_at, now)
-        if job.attempts == 0:  # the first failure of a job is news; later ones are not
-            logger.warning("pdf download failed, will retry", error=str(failure))
-        return Outcome(job, "retry", message, retry_at)
+        # The first failure of a job is news; later ones are not.
+        first: Note = ("warning", "pdf download failed, will retry", {"error": str(failure)})
+        return Outcome(job, "retry", message, retry_at, note=first if job.attempts == 0 else None)
 
     # -- driving it --
 
