@@ -216,6 +216,21 @@ class CheckinResult:
     message: str
 
 
+def api_http_client(
+    *, max_connections: int = 10, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """The HTTP client API calls go through: bounded, no redirects (a redirect must not
+    carry the bearer token anywhere)."""
+    return httpx.Client(
+        transport=transport,
+        follow_redirects=False,
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        headers={"Accept": "application/json", "User-Agent": "syncd"},
+    )
+
+
 class InventoryArtsClient:
     """One connection's view of the API. The bearer token goes to ``base_url`` only."""
 
@@ -231,6 +246,7 @@ class InventoryArtsClient:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         log: FilteringBoundLogger | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url
         self._policy = policy or RetryPolicy()
@@ -238,17 +254,20 @@ class InventoryArtsClient:
         self._clock = clock
         self._rand = rand
         self._log = log or get_logger()
-        self._http = httpx.Client(
-            base_url=base_url,
-            auth=BearerAuth(tokens),
-            timeout=timeout,
-            transport=transport,
-            follow_redirects=False,  # a redirect must not carry the bearer anywhere
-            headers={"Accept": "application/json", "User-Agent": "syncd"},
-        )
+        self._auth = BearerAuth(tokens)
+        self._timeout = timeout
+        # Many connections share one bounded pool (``http``); the token goes per request.
+        self._owns_http = http is None
+        self._http = http or api_http_client(transport=transport)
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self._http.request(
+            method, self.base_url + path, auth=self._auth, timeout=self._timeout, **kwargs
+        )
 
     def __enter__(self) -> InventoryArtsClient:
         return self
@@ -292,7 +311,7 @@ class InventoryArtsClient:
 
         def send() -> httpx.Response:
             try:
-                return self._http.post(CHECKIN_PATH, json={"id": item_id, "type": action})
+                return self._request("POST", CHECKIN_PATH, json={"id": item_id, "type": action})
             except httpx.ConnectError as exc:  # nothing was sent: safe to try again
                 raise TransientApiError(f"{endpoint}: cannot connect ({exc})") from None
             except httpx.HTTPError as exc:
@@ -322,7 +341,7 @@ class InventoryArtsClient:
     def _get_json(self, path: str, endpoint: str) -> Any:
         def attempt() -> Any:
             try:
-                response = self._http.get(path)
+                response = self._request("GET", path)
                 response.read()
             except httpx.TimeoutException:
                 raise TransientApiError(f"{endpoint}: timed out") from None

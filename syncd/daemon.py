@@ -28,7 +28,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from syncd.api import InventoryArtsClient, RetryPolicy
+from syncd.api import InventoryArtsClient, RetryPolicy, api_http_client
 from syncd.auth import REFRESH_PATH, ConnectionAuth, TokenManager
 from syncd.config import Config, ConnectionConfig
 from syncd.diff import next_poll_delay
@@ -55,6 +55,11 @@ START_SPREAD_SECONDS = 5.0  # polls spread over at least this window, not all at
 
 class ShuttingDown(Exception):
     """Raised from an interrupted sleep when the daemon is stopping."""
+
+
+def poll_workers(config: Config) -> int:
+    """Threads that poll at once: enough for many connections, bounded for the database."""
+    return max(2, min(20, len(config.connections)))
 
 
 def build_sinks(config: Config) -> list[Channel]:
@@ -108,6 +113,9 @@ def build_runtime(
     policy = RetryPolicy(
         max_attempts=config.http.max_attempts, retry_after_max=config.http.retry_after_max
     )
+    # One bounded pool for every connection's API calls (hundreds of connections share a
+    # handful of sockets; at most one poll per worker thread runs at a time).
+    api_http = api_http_client(max_connections=poll_workers(config))
     clients = {}
     for connection in config.connections:
         tokens = TokenManager(connection_auth(connection), db, refresh_http, clock=clock)
@@ -119,6 +127,7 @@ def build_runtime(
             sleep=sleep,
             clock=clock,
             log=get_logger(connection=connection.name, job="poll"),
+            http=api_http,
         )
     dispatcher = Dispatcher(
         db,
@@ -136,7 +145,7 @@ def build_runtime(
         retry_after_max=config.http.retry_after_max,
         clock=clock,
     )
-    closers: list[Callable[[], None]] = [refresh_http.close]
+    closers: list[Callable[[], None]] = [refresh_http.close, api_http.close]
     closers += [client.close for client in clients.values()]
     closers += [dispatcher.close, archiver.close]
     return Runtime(config, db, clients, dispatcher, archiver, closers)
@@ -273,7 +282,7 @@ class Daemon:
         self._running_changed = threading.Condition()
         self.runtime = build_runtime(config, db, sleep=self._sleep, clock=clock, channels=channels)
         self.notifier = notifier or Notifier()
-        workers = max(2, min(20, len(config.connections)))
+        workers = poll_workers(config)
         self.scheduler = BackgroundScheduler(
             # The heartbeat has a thread of its own: slow polls must not starve it, but a
             # stuck scheduler loop must (systemd's watchdog then restarts us).
