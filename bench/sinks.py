@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
 from typing import Any
 
 from syncd.events import PO_CREATED, PO_UPDATED, Event, StoredEvent, event_id, source_of
@@ -304,6 +306,27 @@ def amqp_case() -> Case:
     return Case("amqp", build, check, cleanup)
 
 
+def jsonl_case() -> Case:
+    """The JSONL sink into a fresh file (each batch appended and fsynced)."""
+    from syncd.sinks.jsonl import JsonlSink
+
+    directory = Path(tempfile.mkdtemp(prefix="syncd-bench-"))
+    path = directory / "events.jsonl"
+
+    def build() -> Sink:
+        path.unlink(missing_ok=True)
+        return JsonlSink("bench", path)
+
+    def check(_expected: int) -> int:
+        return path.read_bytes().count(b"\n")
+
+    def cleanup() -> None:
+        path.unlink(missing_ok=True)
+        directory.rmdir()
+
+    return Case("jsonl (fsync per batch)", build, check, cleanup)
+
+
 # --------------------------------------------------------------------------------- runner
 
 
@@ -331,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--sinks",
-        default="webhook,webhook-batch,redis,nats,nats-core,mqtt,mqtt-qos0,amqp",
-        help="comma-separated: webhook, webhook-batch, redis, nats, nats-core, mqtt, "
+        default="jsonl,webhook,webhook-batch,redis,nats,nats-core,mqtt,mqtt-qos0,amqp",
+        help="comma-separated: jsonl, webhook, webhook-batch, redis, nats, nats-core, mqtt, "
         "mqtt-qos0, amqp",
     )
     args = parser.parse_args(argv)
@@ -347,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with receiver() as (url, counter):
         factories: dict[str, Callable[[], Case]] = {
+            "jsonl": jsonl_case,
             "webhook": lambda: webhook_case(url, counter, 1),
             "webhook-batch": lambda: webhook_case(url, counter, args.batch),
             "redis": redis_case,
