@@ -6,6 +6,12 @@ a thread lock inside the process, the token row's lock across processes. A rejec
 refresh is final: the connection is marked as needing authorization in the same
 transaction that records ``connection.auth_failed``, and nothing calls the refresh
 endpoint again until an operator stores a new token.
+
+A refresh whose answer was lost (the request was sent, no usable response came back)
+leaves the token in doubt: the server may have rotated it. That is written to the token
+row, so the next refresh, in this process or after a restart, is the one retry with the
+same token. If the retry is rejected, or its answer is lost too, the connection needs
+authorization, with a message that names the cause.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from syncd.api import TokenPair, refresh_grant
-from syncd.errors import AuthError
+from syncd.errors import ApiError, AuthError, TransientApiError
 from syncd.events import auth_failed_event
 from syncd.logging import get_logger, secrets
 from syncd.store import tokens
@@ -42,9 +48,33 @@ class ConnectionAuth:
 
 def reauthorize_hint(name: str) -> str:
     return (
-        f"run 'syncd auth import --connection {name} --refresh-token TOKEN' "
-        "with a token from a new authorization"
+        f"run 'syncd auth login --connection {name}', or 'syncd auth import --connection "
+        f"{name} --refresh-token TOKEN' with a token from a new authorization"
     )
+
+
+def answer_lost(error: ApiError) -> bool:
+    """True when a refresh request may have reached the server but no pair came back.
+
+    A connection that was never made, and an HTTP error status, leave the token as it
+    was; a dropped connection, a timeout after sending, or a 200 whose body is not a
+    token pair may hide a rotation.
+    """
+    if not isinstance(error, TransientApiError):
+        return False
+    if isinstance(error.__context__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return False  # refresh_grant raises these "from None": the cause is the context
+    return error.status_code is None or error.status_code == 200
+
+
+LOST = "the refresh response was lost"
+
+
+def _detail(error: AuthError) -> str:
+    """The server's reason in a rejected refresh ("invalid_grant"), else the whole message."""
+    text = str(error)
+    prefix = "refresh token rejected ("
+    return text[len(prefix) : -1] if text.startswith(prefix) and text.endswith(")") else text
 
 
 def is_fresh(token: tokens.StoredToken, now: datetime, margin: float) -> bool:
@@ -77,6 +107,8 @@ class TokenManager:
         self._log = get_logger(connection=auth.name, job="auth")
         secrets.add(auth.client_secret)
         secrets.add(auth.bootstrap_refresh_token)
+        # Fail at start-up, as one line, when the token key cannot read the stored row.
+        tokens.load(db, auth.name)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -86,7 +118,8 @@ class TokenManager:
         token = tokens.load(self._db, self._auth.name)
         if token is not None:
             self._check_usable(token)
-            if is_fresh(token, self._now(), self._margin):
+            # A refresh in doubt is settled by its retry before anything else.
+            if token.refresh_in_doubt_since is None and is_fresh(token, self._now(), self._margin):
                 assert token.access_token is not None
                 secrets.add(token.access_token)
                 return token.access_token
@@ -113,7 +146,7 @@ class TokenManager:
 
     def _refresh(self, stale_access: str | None) -> str:
         name = self._auth.name
-        rejection: AuthError | None = None
+        failure: ApiError | None = None
         with self._lock:
             now = self._now()
             with tokens.locked(
@@ -126,8 +159,13 @@ class TokenManager:
                         connection=name,
                     )
                 self._check_usable(token)
+                in_doubt = token.refresh_in_doubt_since is not None
                 # Another thread or process may have refreshed while we waited for the lock.
-                if token.access_token != stale_access and is_fresh(token, now, self._margin):
+                if (
+                    not in_doubt
+                    and token.access_token != stale_access
+                    and is_fresh(token, now, self._margin)
+                ):
                     assert token.access_token is not None
                     secrets.add(token.access_token)
                     return token.access_token
@@ -138,19 +176,33 @@ class TokenManager:
                         connection=name,
                     )
                 secrets.add(token.refresh_token)
+                # Failures are recorded when this block commits, and raised after it.
                 try:
                     pair = self._call_refresh(token.refresh_token)
                 except AuthError as exc:
                     reason = str(exc)
-                    txn.mark_needs_authorization(
-                        reason, auth_failed_event(name, reason, token.refresh_token, now), now
-                    )
-                    rejection = AuthError(
-                        f"connection '{name}' needs authorization: {reason}; "
-                        + reauthorize_hint(name),
-                        connection=name,
-                        status_code=exc.status_code,
-                    )
+                    if in_doubt:
+                        reason = (
+                            f"{LOST} and the retried refresh was rejected ({_detail(exc)}): "
+                            "the server rotated the token but syncd never received it"
+                        )
+                    failure = self._reject(txn, token.refresh_token, reason, now, exc.status_code)
+                except TransientApiError as exc:
+                    if not answer_lost(exc):
+                        raise  # nothing was rotated: the next refresh is an ordinary one
+                    if in_doubt:
+                        reason = (
+                            f"{LOST}, and so was the answer to its one retry ({exc}): the "
+                            "server may have rotated the token without syncd receiving it"
+                        )
+                        failure = self._reject(txn, token.refresh_token, reason, now, None)
+                    else:
+                        txn.mark_refresh_in_doubt(now)
+                        failure = TransientApiError(
+                            f"connection '{name}': {LOST} ({exc}); the next attempt retries "
+                            "once with the same refresh token",
+                            retryable=False,
+                        )
                 else:
                     # Committed when this block ends, before the new token is used.
                     txn.save_pair(
@@ -159,11 +211,33 @@ class TokenManager:
                         now + timedelta(seconds=pair.expires_in),
                         now,
                     )
-        if rejection is not None:
-            self._log.error("authorization lost", error=str(rejection))
-            raise rejection
+        if isinstance(failure, AuthError):
+            self._log.error("authorization lost", error=str(failure))
+            raise failure
+        if failure is not None:
+            self._log.warning("token refresh in doubt", error=str(failure))
+            raise failure
         self._log.info("access token refreshed", expires_in=pair.expires_in)
         return pair.access_token
+
+    def _reject(
+        self,
+        txn: tokens.TokenTransaction,
+        refresh_token: str,
+        reason: str,
+        now: datetime,
+        status_code: int | None,
+    ) -> AuthError:
+        """Mark the connection as needing authorization (one auth_failed per token)."""
+        name = self._auth.name
+        txn.mark_needs_authorization(
+            reason, auth_failed_event(name, reason, refresh_token, now), now
+        )
+        return AuthError(
+            f"connection '{name}' needs authorization: {reason}; " + reauthorize_hint(name),
+            connection=name,
+            status_code=status_code,
+        )
 
     def _call_refresh(self, refresh_token: str) -> TokenPair:
         pair = refresh_grant(

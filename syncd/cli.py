@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,6 +23,7 @@ from syncd.errors import ConfigError, SyncdError
 
 if TYPE_CHECKING:
     from syncd.config import Config
+    from syncd.store.database import Database
 
 app = typer.Typer(
     name="syncd",
@@ -72,6 +75,17 @@ def _load() -> Config:
     level = "debug" if state.debug else config.daemon.log_level
     configure_logging(level, config.daemon.log_format)
     return config
+
+
+@contextmanager
+def _database(config: Config) -> Iterator[Database]:
+    from syncd.store.database import open_database
+
+    db = open_database(config.database.url)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def _echo(line: str) -> None:
@@ -127,8 +141,9 @@ def health(
     """Ask the running daemon whether it is alive (exit 0) or not (exit 1): for HEALTHCHECK."""
     import httpx
 
-    config = _load()
-    listen = config.daemon.listen
+    from syncd.config import find_config_path, load_listen
+
+    listen = load_listen(find_config_path(state.config_path, os.environ), os.environ)
     if not listen:
         raise ConfigError("[daemon] listen is empty: the daemon serves no health endpoint")
     host, _, port = listen.rpartition(":")
@@ -152,11 +167,11 @@ def health(
 @app.command()
 def check() -> None:
     """Validate the config and database, and call me.php for each connection."""
-    from syncd.daemon import build_runtime, exit_code_for, opened
+    from syncd.daemon import build_runtime, exit_code_for
 
     config = _load()
     errors: list[SyncdError] = []
-    with opened(config, daemon=False) as db:
+    with _database(config) as db:  # no instance lock: this does not poll
         runtime = build_runtime(config, db, channels=[])
         try:
             for name, client in runtime.clients.items():
@@ -316,6 +331,69 @@ def _auth_line(c: dict[str, Any], now: datetime) -> str:
 # --- auth -----------------------------------------------------------------------------
 
 
+@auth_app.command("login")
+def auth_login(
+    connection: Annotated[str | None, typer.Option("--connection", help="Connection name.")] = None,
+    no_browser: Annotated[
+        bool,
+        typer.Option(
+            "--no-browser", help="Print the URL and read the redirected URL (or code) from stdin."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the authorization.", min=1)
+    ] = 300.0,
+) -> None:
+    """Authorize a connection in the browser (authorization code grant with PKCE)."""
+    import httpx
+
+    from syncd.api import InventoryArtsClient
+    from syncd.auth import TokenManager
+    from syncd.daemon import connection_auth
+    from syncd.login import login
+    from syncd.store.database import open_database
+
+    config = _load()
+    target = config.connection(connection)
+    db = open_database(config.database.url)
+    try:
+        with httpx.Client(timeout=config.http.timeout, follow_redirects=False) as http:
+            login(target, db, http, no_browser=no_browser, timeout=timeout, say=_echo)
+            manager = TokenManager(connection_auth(target), db, http)
+            with InventoryArtsClient(target.base_url, manager, timeout=config.http.timeout) as api:
+                profile = api.me()
+    finally:
+        db.close()
+    label = profile.get("connection_label") or profile.get("name") or "?"
+    _echo(f"connection {target.name} authorized: {label}")
+
+
+@auth_app.command("logout")
+def auth_logout(
+    connection: Annotated[str | None, typer.Option("--connection", help="Connection name.")] = None,
+) -> None:
+    """Delete a connection's stored tokens."""
+    from syncd.store import tokens
+    from syncd.store.database import open_database
+
+    config = _load()
+    target = config.connection(connection)
+    db = open_database(config.database.url)
+    try:
+        deleted = tokens.forget(db, target.name)
+    finally:
+        db.close()
+    if not deleted:
+        _echo(f"connection {target.name} held no stored tokens")
+        return
+    _echo(f"deleted the stored tokens of connection {target.name}")
+    if target.refresh_token:
+        _echo(
+            "note: its configured refresh_token is used again as a bootstrap; remove it from "
+            "the config to keep the connection logged out"
+        )
+
+
 @auth_app.command("import")
 def auth_import(
     refresh_token: Annotated[
@@ -361,12 +439,14 @@ def auth_status() -> None:
     """Which connections hold tokens, when they expire, which need authorization."""
     from syncd.store import tokens
     from syncd.store.database import open_database
+    from syncd.store.state import load_state
 
     config = _load()
     now = datetime.now(UTC)
     db = open_database(config.database.url)
     try:
         stored = tokens.load_all(db)
+        polls = {c.name: load_state(db, c.name) or {} for c in config.connections}
     finally:
         db.close()
     needs = False
@@ -376,7 +456,7 @@ def auth_status() -> None:
             if connection.refresh_token:
                 line = "no stored token yet (a bootstrap refresh token is configured)"
             else:
-                line, needs = "NO TOKEN: run 'syncd auth import'", True
+                line, needs = "NO TOKEN: run 'syncd auth login' (or 'syncd auth import')", True
         elif token.needs_authorization:
             needs = True
             line = (
@@ -392,6 +472,14 @@ def auth_status() -> None:
                 if left > 0
                 else "authorized, access token expired (refreshed on next use)"
             )
+        if token is not None and token.refresh_in_doubt_since is not None:
+            line += (
+                f"; REFRESH IN DOUBT since {_ago(token.refresh_in_doubt_since, now)} "
+                "(its answer was lost; the next use retries once)"
+            )
+        poll = polls[connection.name]
+        if poll.get("last_outcome") not in (None, "ok", "needs_authorization"):
+            line += f"; last poll failed: {poll.get('last_error')}"
         _echo(f"{connection.name}: {line}")
     raise typer.Exit(3 if needs else 0)
 
@@ -413,11 +501,11 @@ def checkin(
 
     if action not in CHECKIN_TYPES:
         raise ConfigError(f"--type must be one of {', '.join(CHECKIN_TYPES)}, not {action!r}")
-    from syncd.daemon import build_runtime, opened
+    from syncd.daemon import build_runtime
 
     config = _load()
     target = config.connection(connection)
-    with opened(config, daemon=False) as db:
+    with _database(config) as db:  # no instance lock: this does not poll
         runtime = build_runtime(config, db, channels=[])
         try:
             result = runtime.clients[target.name].item_checkin(item_id, action)
@@ -441,6 +529,33 @@ def db_upgrade() -> None:
     finally:
         db.close()
     _echo(f"database at revision {revision}")
+
+
+@db_app.command("copy")
+def db_copy(
+    to: Annotated[str, typer.Option("--to", help="The target database URL (an empty database).")],
+) -> None:
+    """Copy the whole database (mirror, tokens, outbox, cursors, PDF jobs) into another,
+    e.g. from SQLite to PostgreSQL; then point [database] url at the target."""
+    from syncd.daemon import opened
+    from syncd.logging import redact
+    from syncd.store.copy import copy_database
+    from syncd.store.database import open_database
+
+    config = _load()
+    # The daemon's lock: nothing may write to the source while it is copied.
+    with opened(config, daemon=True) as source:
+        target = open_database(to)
+        try:
+            copied = copy_database(
+                source, target, lambda table, rows: _echo(f"{table:<18} {rows} rows")
+            )
+        finally:
+            target.close()
+    _echo(
+        f"copied {sum(copied.values())} rows to {redact(to)}; set [database] url to it "
+        "and start syncd there"
+    )
 
 
 # --- events ---------------------------------------------------------------------------

@@ -382,6 +382,39 @@ class ConnectionConfig(_Model):
     # them so that callers may leave the keys out, and fails validation if ever used.
     authorize_url: HttpUrlStr = Field(default="", validate_default=True)
     token_url: HttpUrlStr = Field(default="", validate_default=True)
+    # Fixed redirect URI for clients registered with one (default: a loopback URI on an
+    # ephemeral port, chosen by `syncd auth login`); "" means the default.
+    redirect_uri: Annotated[HttpUrlStr | None, BeforeValidator(_empty_to_none)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_client_secret_file(cls, data: Any, info: ValidationInfo) -> Any:
+        """``client_secret_file``: the secret read from a file (a systemd credential, say).
+
+        Not a field of its own: once read, the file's text is the client_secret.
+        """
+        if not isinstance(data, dict) or "client_secret_file" not in data:
+            return data
+        data = dict(data)
+        raw = data.pop("client_secret_file")
+        if "client_secret" in data:
+            raise ValueError("set client_secret or client_secret_file, not both")
+        if not isinstance(raw, str) or raw == "":
+            raise ValueError(f"client_secret_file: expected a file path, got {_kind(raw)}")
+        path = resolve_path(Path(raw), _base_dir(info))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(
+                f"client_secret_file: cannot read {path} ({error.strerror or error})"
+            ) from None
+        except UnicodeDecodeError:
+            raise ValueError(f"client_secret_file: {path} is not UTF-8 text") from None
+        secret = text.rstrip("\r\n")
+        if not secret:
+            raise ValueError(f"client_secret_file: {path} is empty")
+        data["client_secret"] = secret
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -869,3 +902,19 @@ def _kind(value: object) -> str:
 
 def _quote(name: str) -> str:
     return json.dumps(name, ensure_ascii=False)
+
+
+def load_listen(path: Path, environ: Mapping[str, str]) -> str:
+    """Only ``[daemon] listen``, for ``syncd health``: a probe must not need the secrets
+    that the rest of the file names."""
+    try:
+        daemon = _read_toml(path).get("daemon", {})
+        value = daemon.get("listen", DaemonConfig.model_fields["listen"].default)
+        if not isinstance(value, str):
+            raise _Problem("[daemon] listen: expected a string")
+        try:
+            return check_listen(interpolate(value, environ))
+        except (UnsetVariable, ValueError) as error:
+            raise _Problem(f"[daemon] listen: {error}") from None
+    except _Problem as problem:
+        raise ConfigError(f"config error in {path}: {problem}") from None

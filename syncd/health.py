@@ -10,6 +10,7 @@ daemon updates as it works, and gauges read from the database at scrape time.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -209,8 +210,9 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return  # probes every few seconds are not news
 
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
         try:
-            self._server = ThreadingHTTPServer((host, int(port)), Handler)
+            self._server = server_class((host, int(port)), Handler)
         except OSError as exc:
             raise ConfigError(
                 f"[daemon] listen: cannot listen on {listen}: {exc.strerror}"
@@ -231,6 +233,10 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def _json_answer(ok: bool, body: dict[str, Any]) -> tuple[int, str, bytes]:

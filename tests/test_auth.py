@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
 
 from syncd.auth import ConnectionAuth, TokenManager
-from syncd.errors import AuthError
+from syncd.errors import AuthError, TransientApiError
 from syncd.simulator import Simulator
 from syncd.store import outbox, tokens
 from syncd.store.database import Database, open_database
+from tests.conftest import Setup, run_syncd
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = open_database(f"sqlite:///{tmp_path / 'syncd.db'}")
+def db(database_url: str) -> Iterator[Database]:
+    """The token store on SQLite and, when available, on PostgreSQL."""
+    database = open_database(database_url)
     yield database
     database.close()
 
@@ -114,7 +117,7 @@ def test_revoked_refresh_marks_connection_once(
 
 def test_no_token_says_how_to_authorize(manager: Callable[..., TokenManager]) -> None:
     """Without a stored or bootstrap token: AuthError naming the command."""
-    with pytest.raises(AuthError, match="has no token; run 'syncd auth import"):
+    with pytest.raises(AuthError, match="has no token; run 'syncd auth login --connection band'"):
         manager().access_token()
 
 
@@ -141,3 +144,141 @@ def test_concurrent_callers_refresh_once(
         thread.join()
     assert len(set(seen)) == 1
     assert sim.stats.refresh_calls == 1
+
+
+# --- a refresh whose answer was lost --------------------------------------------------
+
+REFRESH = "/oauth/oauth_refresh.php"
+
+
+def test_lost_refresh_is_retried_once_then_needs_authorization(
+    sim: Simulator, db: Database, manager: Callable[..., TokenManager]
+) -> None:
+    """Answer cut off after the rotation: one retry with the same token, then a named cause."""
+    tm = manager(str(sim.issue_tokens()["refresh_token"]))
+    sim.faults.add(REFRESH, "reset_mid_body")
+    with pytest.raises(TransientApiError, match="refresh response was lost"):
+        tm.access_token()
+    stored = tokens.load(db, "band")
+    assert stored is not None
+    assert stored.refresh_in_doubt_since is not None
+    assert not stored.needs_authorization
+    with pytest.raises(AuthError) as info:
+        tm.access_token()
+    message = str(info.value)
+    assert "the refresh response was lost and the retried refresh was rejected (invalid_grant)" in (
+        message
+    )
+    assert "the server rotated the token but syncd never received it" in message
+    assert sim.stats.refresh_calls == 2
+    with pytest.raises(AuthError, match="needs authorization since"):
+        tm.access_token()
+    assert sim.stats.refresh_calls == 2
+    events = outbox.read_after(db, 0, 10)
+    assert [e.type for e in events] == ["com.inventoryarts.connection.auth_failed"]
+    assert "lost" in json.loads(events[0].payload)["data"]["error"]
+
+
+def test_lost_refresh_that_never_rotated_recovers_on_its_retry(
+    sim: Simulator, db: Database, manager: Callable[..., TokenManager]
+) -> None:
+    """Connection dropped before the server acted: the one retry succeeds and clears the doubt."""
+    tm = manager(str(sim.issue_tokens()["refresh_token"]))
+    sim.faults.add(REFRESH, "drop")
+    with pytest.raises(TransientApiError, match="lost"):
+        tm.access_token()
+    access = tm.access_token()
+    stored = tokens.load(db, "band")
+    assert stored is not None
+    assert stored.access_token == access
+    assert stored.refresh_in_doubt_since is None
+    assert sim.stats.refresh_calls == 2
+
+
+def test_lost_retry_also_ends_in_needs_authorization(
+    sim: Simulator, db: Database, manager: Callable[..., TokenManager]
+) -> None:
+    """If the retry's answer is lost too, no third attempt: the connection needs authorization."""
+    tm = manager(str(sim.issue_tokens()["refresh_token"]))
+    sim.faults.add(REFRESH, "reset_mid_body", times=2)
+    with pytest.raises(TransientApiError):
+        tm.access_token()
+    with pytest.raises(AuthError, match="so was the answer to its one retry"):
+        tm.access_token()
+    with pytest.raises(AuthError):
+        tm.access_token()
+    assert sim.stats.refresh_calls == 2
+
+
+def test_refresh_in_doubt_survives_a_restart(
+    sim: Simulator, db: Database, manager: Callable[..., TokenManager]
+) -> None:
+    """The doubt is in the token row: a new manager (a restarted process) makes the one retry."""
+    sim.faults.add(REFRESH, "reset_mid_body")
+    with pytest.raises(TransientApiError):
+        manager(str(sim.issue_tokens()["refresh_token"])).access_token()
+    restarted = manager()
+    with pytest.raises(AuthError, match="retried refresh was rejected"):
+        restarted.access_token()
+    assert sim.stats.refresh_calls == 2
+
+
+def test_retry_that_cannot_connect_keeps_the_doubt(
+    sim: Simulator, db: Database, manager: Callable[..., TokenManager]
+) -> None:
+    """A retry that never reached the server is not the retry: the doubt stays for the next."""
+    sim.faults.add(REFRESH, "drop")
+    with pytest.raises(TransientApiError):
+        manager(str(sim.issue_tokens()["refresh_token"])).access_token()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/oauth/oauth_refresh.php"
+    unreachable = TokenManager(
+        ConnectionAuth("band", dead, sim.client_id, sim.client_secret), db, httpx.Client()
+    )
+    with pytest.raises(TransientApiError, match="cannot connect"):
+        unreachable.access_token()
+    stored = tokens.load(db, "band")
+    assert stored is not None
+    assert stored.refresh_in_doubt_since is not None
+    assert not stored.needs_authorization
+    manager().access_token()  # the retry, now that the server is reachable again
+    assert sim.stats.refresh_calls == 2
+
+
+def test_refresh_answered_with_5xx_is_not_in_doubt(
+    sim: Simulator, db: Database, manager: Callable[..., TokenManager]
+) -> None:
+    """An HTTP 503 from the refresh endpoint is an answer: no doubt, an ordinary retry later."""
+    refresh = str(sim.issue_tokens()["refresh_token"])
+    now = datetime.now(UTC)
+    tokens.store_pair(
+        db, "band", refresh_token=refresh, access_token=None, expires_at=None, now=now
+    )
+    tm = manager()
+    sim.faults.add(REFRESH, "status", status=503)
+    with pytest.raises(TransientApiError, match="HTTP 503"):
+        tm.access_token()
+    stored = tokens.load(db, "band")
+    assert stored is not None
+    assert stored.refresh_in_doubt_since is None
+    tm.access_token()
+    assert sim.stats.refresh_calls == 2
+
+
+def test_lost_refresh_across_process_restarts(
+    sim: Simulator, make_config: Callable[..., Setup]
+) -> None:
+    """`run --once` twice: the lost answer exits 4, the next process retries once and exits 3."""
+    setup = make_config(sim)
+    sim.faults.add(REFRESH, "reset_mid_body")
+    first = run_syncd(setup, "run", "--once")
+    assert first.code == 4, first.output
+    assert "refresh response was lost" in first.stderr
+    between = run_syncd(setup, "auth", "status")
+    assert "REFRESH IN DOUBT since" in between.stdout, between.output
+    second = run_syncd(setup, "run", "--once")
+    assert second.code == 3, second.output
+    [line] = [x for x in second.stderr.splitlines() if x.startswith("syncd: ")]
+    assert "the refresh response was lost and the retried refresh was rejected" in line
+    assert sim.stats.refresh_calls == 2

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from syncd.simulator import Simulator
-from syncd.store.database import head_revision
+from syncd.store import tokens
+from syncd.store.database import head_revision, open_database
 from tests.conftest import REPO, CliResult, Setup, read_events, run_syncd, syncd_env
 
 ORDERS_PATH = "/api/v1/purchase_orders.php"
@@ -180,6 +183,59 @@ def test_checkin_with_an_unknown_type_is_a_usage_error(
     assert "bogus" in line
     assert sim.stats.count(CHECKIN_PATH) == 0
     assert sim.stats.requests == []
+
+
+def test_checkin_timeout_after_sending_is_an_unknown_outcome_sent_once(
+    sim: Simulator, make_config: Callable[..., Setup]
+) -> None:
+    """An answer slower than [http] timeout: "unknown outcome", exit 4, one request only."""
+    setup = make_config(sim)
+    setup.path.write_text(setup.path.read_text().replace("timeout = 5\n", "timeout = 0.5\n"))
+    sim.faults.add(CHECKIN_PATH, "slow", delay=1.5)
+    result = run_syncd(setup, "checkin", "500", "--type", "return_borrowed")
+    assert result.code == 4, result.output
+    [line] = fail_lines(result)
+    assert "unknown outcome" in line
+    assert "check the item before trying again" in line
+    deadline = time.monotonic() + 5
+    while sim.stats.count(CHECKIN_PATH) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the simulator records the request once its slow answer is out
+    time.sleep(0.3)
+    assert sim.stats.count(CHECKIN_PATH) == 1
+
+
+def test_checkin_refused_with_http_200_exits_non_zero_with_the_message(
+    sim: Simulator, make_config: Callable[..., Setup]
+) -> None:
+    """`success: false` in a 200 answer is a failure carrying the server's message."""
+    body = '{"success": false, "id": 500, "message": "Item is locked for audit."}'
+    sim.faults.add(CHECKIN_PATH, "body", status=200, body=body)
+    result = run_syncd(make_config(sim), "checkin", "500", "--type", "return_borrowed")
+    assert result.code not in (0, 2), result.output
+    [line] = fail_lines(result)
+    assert "Item is locked for audit." in line
+    assert result.stdout == ""
+    assert sim.stats.count(CHECKIN_PATH) == 1
+
+
+def test_auth_logout_deletes_the_tokens(sim: Simulator, make_config: Callable[..., Setup]) -> None:
+    """`auth logout` deletes the stored tokens and says so; a second logout finds none."""
+    setup = make_config(sim, refresh_token="")
+    db = open_database(f"sqlite:///{setup.state_dir / 'syncd.db'}")
+    try:
+        now = datetime.now(UTC)
+        tokens.store_pair(
+            db, "band", refresh_token="r" * 20, access_token=None, expires_at=None, now=now
+        )
+        result = run_syncd(setup, "auth", "logout", "--connection", "band")
+        assert result.code == 0, result.output
+        assert result.stdout.splitlines() == ["deleted the stored tokens of connection band"]
+        assert tokens.load(db, "band") is None
+    finally:
+        db.close()
+    again = run_syncd(setup, "auth", "logout")
+    assert again.code == 0, again.output
+    assert again.stdout.splitlines() == ["connection band held no stored tokens"]
 
 
 # --- db -------------------------------------------------------------------------------

@@ -244,3 +244,44 @@ def test_sigterm_during_delivery_exits_0_fast(
     assert time.monotonic() - started < 10
     for line in setup.events_file.read_text().splitlines():
         json.loads(line)
+
+
+def test_health_server_listens_on_ipv6_loopback() -> None:
+    """listen = "[::1]:PORT" serves over IPv6."""
+    from syncd.health import HealthServer
+
+    server = HealthServer(
+        "[::1]:0",
+        alive=lambda: (True, {"alive": True}),
+        ready=lambda: (True, {}),
+        metrics=lambda: b"",
+    )
+    server.start()
+    try:
+        port = server.address.rsplit(":", 1)[1]
+        assert httpx.get(f"http://[::1]:{port}/healthz").json() == {"alive": True}
+    finally:
+        server.stop()
+
+
+def test_health_command_needs_no_secrets(sim: Simulator, make_config: Callable[..., Setup]) -> None:
+    """`syncd health` reads only [daemon] listen: unset secret variables do not matter."""
+    setup = make_config(sim, listen=f"127.0.0.1:{free_port()}")
+    setup.env.pop("SYNCD_CLIENT_SECRET")
+    result = run_syncd(setup, "health")
+    assert result.code == 1  # nothing listens; but not 2 (a config error)
+    assert "daemon not answering" in result.stderr
+
+
+def test_check_runs_beside_a_daemon(sim: Simulator, make_config: Callable[..., Setup]) -> None:
+    """`syncd check` and `status` work while the daemon holds the SQLite database."""
+    setup = make_config(sim)
+    proc = start_syncd(setup, "run")
+    try:
+        wait_for(lambda: setup.events_file.exists())
+        assert run_syncd(setup, "check").code == 0
+        assert run_syncd(setup, "status").code == 0
+        assert run_syncd(setup, "run", "--once").code == 2  # polling beside it is refused
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)

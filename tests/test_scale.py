@@ -249,3 +249,26 @@ def test_three_processes_fetch_each_pdf_once(cluster: Callable[..., Cluster]) ->
     assert len(fetched) == 1000
     assert max(fetched.values()) == 1
     assert len(list((c.setup.state_dir / "pdfs").rglob("*.pdf"))) == 1000
+
+
+@pytest.mark.postgres
+def test_db_copy_moves_a_sqlite_mirror_to_postgresql(
+    sim: Simulator, make_config: Callable[..., Setup], pg_url: str
+) -> None:
+    """db copy fills an empty PostgreSQL with everything; syncd goes on there quietly."""
+    setup = make_config(sim)
+    assert run_syncd(setup, "run", "--once").code == 0
+    copied = run_syncd(setup, "db", "copy", "--to", pg_url)
+    assert copied.code == 0, copied.output
+    assert "purchase_orders    20 rows" in copied.stdout
+    again = run_syncd(setup, "db", "copy", "--to", pg_url)
+    assert again.code == 2
+    assert "already holds syncd data" in again.stderr
+    text = setup.path.read_text().replace("[http]", f'[database]\nurl = "{pg_url}"\n\n[http]', 1)
+    setup.path.write_text(text)
+    before = len(read_events(setup.events_file))
+    assert run_syncd(setup, "run", "--once").code == 0
+    assert len(read_events(setup.events_file)) == before  # same cursors: nothing resent
+    sim.add_order()
+    assert run_syncd(setup, "run", "--once").code == 0
+    assert read_events(setup.events_file)[before]["type"].endswith("purchase_order.created")

@@ -11,7 +11,8 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from syncd.simulator.pdf import PdfDocument, render_pdf
 from syncd.simulator.state import WINDOW, State, format_money
@@ -26,6 +27,7 @@ PROFILE: dict[str, object] = {
     "connection_label": "jdoe - High School Band",
 }
 CHECKIN_TYPES = ("return_borrowed", "checkin_loaned")
+Consent = Literal["approve", "deny"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class App:
             "/api/v1/purchase_orders.php": {"GET": self._authed(self._purchase_orders)},
             "/api/v1/item_checkin.php": {"POST": self._authed(self._checkin)},
             "/oauth/oauth_refresh.php": {"POST": self._refresh},
+            "/oauth/authorize.php": {"GET": self._authorize},
+            "/oauth/oauth_token.php": {"POST": self._token},
             "/print_po.php": {"GET": self._print_po},
             "/_sim/state": {"GET": self._sim_state},
             "/_sim/orders": {"POST": self._sim_add_order},
@@ -130,6 +134,10 @@ class App:
         self.stats_summary: Callable[[], dict[str, object]] = dict
         # Set when PDFs are served from another origin (a CDN, in real life).
         self.pdf_base_url: str | None = None
+        # What the user answers on the consent page of authorize.php.
+        self.consent: Consent = "approve"
+        # The client's registered redirect URI; None accepts any.
+        self.registered_redirect_uri: str | None = None
 
     def handle(self, request: Request) -> Response:
         """Answer one request (faults have already been considered by the caller)."""
@@ -175,6 +183,63 @@ class App:
         return json_response(
             200, token_body(pair.access_token, pair.refresh_token, pair.expires_in)
         )
+
+    def _authorize(self, request: Request) -> Response:
+        """The authorization code grant's front door (RFC 6749 4.1.1, PKCE RFC 7636 4.3).
+
+        Until the client and redirect URI are known good, errors are a page for the user;
+        after that they travel back to the client on the redirect.
+        """
+        query = request.query
+        if query.get("client_id") != self.client_id:
+            return _html(400, "Unknown client", "The client_id is missing or unknown.")
+        redirect_uri = query.get("redirect_uri", "")
+        if not redirect_uri:
+            return _html(400, "Invalid request", "The redirect_uri is missing.")
+        if self.registered_redirect_uri not in (None, redirect_uri):
+            return _html(
+                400, "Invalid request", "The redirect_uri does not match the registered one."
+            )
+        state = query.get("state")
+        error: str | None = None
+        if query.get("response_type") != "code":
+            error = "unsupported_response_type"
+        elif query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            error = "invalid_request"  # PKCE with S256 is required of every client
+        elif self.consent == "deny":
+            error = "access_denied"
+        if error is not None:
+            return _redirect(redirect_uri, {"error": error, "state": state})
+        code = self.state.issue_code(self.client_id, redirect_uri, query["code_challenge"])
+        return _redirect(redirect_uri, {"code": code, "state": state})
+
+    def _token(self, request: Request) -> Response:
+        """Exchange an authorization code (JSON body, like the refresh endpoint)."""
+        no_store = {"Cache-Control": "no-store"}
+        data = _parse_json(request.body)
+        if not isinstance(data, dict):
+            return error_response(400, "invalid_request", no_store)
+        if data.get("grant_type") != "authorization_code":
+            return error_response(400, "unsupported_grant_type", no_store)
+        if (
+            data.get("client_id") != self.client_id
+            or data.get("client_secret") != self.client_secret
+        ):
+            return error_response(401, "invalid_client", no_store)
+        fields = [data.get(key) for key in ("code", "redirect_uri", "code_verifier")]
+        code, redirect_uri, verifier = fields
+        if not all(isinstance(value, str) and value for value in fields):
+            return error_response(400, "invalid_request", no_store)
+        pair = self.state.redeem_code(
+            str(code),
+            client_id=self.client_id,
+            redirect_uri=str(redirect_uri),
+            verifier=str(verifier),
+        )
+        if pair is None:
+            return error_response(400, "invalid_grant", no_store)
+        body = token_body(pair.access_token, pair.refresh_token, pair.expires_in)
+        return json_response(200, body, no_store)
 
     # ----------------------------------------------------------------- api v1
 
@@ -290,6 +355,15 @@ class App:
         return json_response(
             200, token_body(pair.access_token, pair.refresh_token, pair.expires_in)
         )
+
+
+def _redirect(uri: str, params: dict[str, str | None]) -> Response:
+    """302 to ``uri`` with ``params`` added to its query (None values left out)."""
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    query += [(key, value) for key, value in params.items() if value is not None]
+    location = urlunsplit(parts._replace(query=urlencode(query)))
+    return Response(302, b"", content_type="text/plain", headers={"Location": location})
 
 
 def token_body(access: str, refresh: str, expires_in: float) -> dict[str, object]:

@@ -21,7 +21,15 @@ from types import TracebackType
 from typing import Any, TextIO, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from syncd.simulator.app import App, Request, Response, dump_json, error_response, token_body
+from syncd.simulator.app import (
+    App,
+    Consent,
+    Request,
+    Response,
+    dump_json,
+    error_response,
+    token_body,
+)
 from syncd.simulator.faults import Fault, Faults, RequestRecord, Stats
 from syncd.simulator.state import State
 
@@ -378,6 +386,24 @@ class Simulator:
     @pdf_size.setter
     def pdf_size(self, value: int | None) -> None:
         self._app.pdf_size = value
+
+    @property
+    def consent(self) -> Consent:
+        """What the user answers on authorize.php: "approve" (default) or "deny"; live."""
+        return self._app.consent
+
+    @consent.setter
+    def consent(self, value: Consent) -> None:
+        self._app.consent = value
+
+    @property
+    def redirect_uri(self) -> str | None:
+        """The client's registered redirect URI (None: any); authorize.php refuses others."""
+        return self._app.registered_redirect_uri
+
+    @redirect_uri.setter
+    def redirect_uri(self, value: str | None) -> None:
+        self._app.registered_redirect_uri = value
 
     # --------------------------------------------------------------- account
 

@@ -8,6 +8,7 @@ orders and changes fell due since the previous call (no background thread).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import random
@@ -34,6 +35,7 @@ FIRST_ORDER_ID = 101
 FIRST_ITEM_ID = 500
 STATUSES = ("Draft", "Submitted", "Approved", "Ordered", "Received", "Closed")
 _MAX_CATCH_UP = 1000  # events applied per tick; beyond that a clock jump skips the backlog
+CODE_TTL = 600.0  # seconds an authorization code may wait for its exchange (RFC 6749 4.1.2)
 
 _MUSIC_VENDORS = (
     "Sweetwater",
@@ -177,10 +179,27 @@ class TokenPair:
     expires_in: float
 
 
+@dataclass(frozen=True)
+class _Code:
+    """An authorization code and what its exchange must present again."""
+
+    client_id: str
+    redirect_uri: str
+    challenge: str  # S256 code_challenge (RFC 7636)
+    expires: float
+
+
 @dataclass
 class _Tokens:
     access: dict[str, float] = field(default_factory=dict)  # token -> expiry on the clock
     refresh: set[str] = field(default_factory=set)  # live refresh tokens (rotated ones removed)
+    codes: dict[str, _Code] = field(default_factory=dict)  # unredeemed authorization codes
+
+
+def s256(verifier: str) -> str:
+    """RFC 7636 S256: BASE64URL(SHA256(ASCII(code_verifier))), without padding."""
+    digest = hashlib.sha256(verifier.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 class State:
@@ -417,6 +436,34 @@ class State:
             if refresh_token not in self._tokens.refresh:
                 return None
             self._tokens.refresh.discard(refresh_token)
+            return self.issue_tokens()
+
+    def issue_code(self, client_id: str, redirect_uri: str, challenge: str) -> str:
+        """A single-use authorization code, bound to the client, redirect URI and challenge."""
+        with self.lock:
+            code = secrets.token_urlsafe(24)
+            expires = self.clock() + CODE_TTL
+            self._tokens.codes[code] = _Code(client_id, redirect_uri, challenge, expires)
+            return code
+
+    def redeem_code(
+        self, code: str, *, client_id: str, redirect_uri: str, verifier: str
+    ) -> TokenPair | None:
+        """Spend ``code`` for a new pair; None (invalid_grant) unless everything matches.
+
+        The code is spent by the first attempt, right or wrong, so a verifier cannot be
+        guessed by trying again.
+        """
+        with self.lock:
+            issued = self._tokens.codes.pop(code, None)
+            if (
+                issued is None
+                or self.clock() >= issued.expires
+                or issued.client_id != client_id
+                or issued.redirect_uri != redirect_uri
+                or not hmac.compare_digest(s256(verifier), issued.challenge)
+            ):
+                return None
             return self.issue_tokens()
 
     def revoke_tokens(self) -> None:

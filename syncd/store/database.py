@@ -11,6 +11,7 @@ visible in the order they were assigned (see ``store.outbox.append_events``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
@@ -55,10 +56,27 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def make_private_dir(path: Path) -> None:
+    """``mkdir -p`` in which every directory created is owner-only (0700)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does: it holds the tokens.
+
+    SQLite gives its -wal and -shm files the permissions of the database file.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(path.parent)
+        _create_private_file(path)
     engine = create_engine(
         url,
         connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
@@ -139,7 +157,11 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
     if backend == "sqlite":
         engine = _sqlite_engine(url)
     elif backend == "postgresql":
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # Bounded: poll workers (<= 20), PDF claims (one per download), the dispatcher
+        # and probes share it; a thread waits for a connection rather than open more.
+        engine = create_engine(
+            url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=120
+        )
     else:
         raise ConfigError(
             f"[database] url: unsupported database {backend!r} (sqlite or postgresql)"

@@ -94,6 +94,9 @@ class TokenRow(SQLModel, table=True):
     needs_authorization: bool = False
     auth_error: str | None = Field(default=None, sa_type=Text)
     needs_authorization_since: datetime | None = _ts(nullable=True)
+    # Set when a refresh was sent and its answer lost: the server may have rotated the
+    # token. The next refresh is the one retry with the same token (see syncd.auth).
+    refresh_in_doubt_since: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts()
 
 
