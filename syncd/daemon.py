@@ -46,7 +46,7 @@ from syncd.store.database import Database, InstanceLock, open_database, sqlite_p
 from syncd.store.state import load_state
 from syncd.systemd import Notifier
 
-SHUTDOWN_GRACE_SECONDS = 6.0  # in-flight work may finish this long after SIGTERM
+SHUTDOWN_GRACE_SECONDS = 5.0  # in-flight work may finish this long after SIGTERM
 SHUTDOWN_CANCEL_SECONDS = 2.0  # then downloads are cancelled and get this long to clean up
 HEARTBEAT_SECONDS = 5.0  # scheduler heartbeat (/healthz), faster when systemd asks
 LEASE_SECONDS = 5.0  # lease rounds at least this often (and twice per poll interval)

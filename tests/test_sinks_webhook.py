@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -399,3 +400,57 @@ def test_close_is_idempotent(make_sink: Callable[..., WebhookSink]) -> None:
     sink.open()
     sink.close()
     sink.close()
+
+
+def test_receiver_that_recovers_gets_every_event_in_order(
+    receiver: Receiver, make_sink: Callable[..., WebhookSink], tmp_path: Path
+) -> None:
+    """Through the dispatcher: a receiver failing for a while (503s, a reset) then
+    recovering holds every event once after deduplication on id, each order's in order."""
+    from decimal import Decimal
+
+    from syncd.outbox import Channel, Dispatcher
+    from syncd.records import PurchaseOrder
+    from syncd.store import outbox
+    from syncd.store.database import open_database
+    from syncd.store.mirror import apply_poll
+
+    db = open_database(f"sqlite:///{tmp_path / 'syncd.db'}")
+    try:
+        base = [
+            PurchaseOrder(i, f"PO-{i}", "V", Decimal("1.00"), "Draft", None, None)
+            for i in range(1, 11)
+        ]
+        apply_poll(db, "band", tuple(base), datetime.now(UTC))
+        changed = [
+            PurchaseOrder(o.id, o.po_number, o.vendor_name, Decimal("2.00"), "Sent", None, None)
+            for o in base
+        ]
+        apply_poll(db, "band", tuple(changed), datetime.now(UTC))  # a second event each
+        receiver.script = (
+            [Reply(204), Reply(503), Reply(204), Reply(503), Reply(502)]
+            + [Reply(204)] * 3
+            + [Reply(500)]
+        )
+        now = [1_000.0]
+        dispatcher = Dispatcher(db, [Channel(make_sink())], clock=lambda: now[0], rand=lambda: 1.0)
+        for _ in range(20):
+            result = dispatcher.deliver_due()
+            if not result.failing:
+                break
+            assert result.next_attempt_at is not None
+            now[0] = result.next_attempt_at
+        assert outbox.sink_status(db, "hook").pending == 0
+        stored = [e.event_id for e in outbox.read_after(db, 0, 100)]
+    finally:
+        db.close()
+    received = [json.loads(r.body) for r in receiver.requests if r.body]
+    assert len(received) > len(stored)  # some were sent more than once
+    assert {e["id"] for e in received} == set(stored)
+    position = {event_id: index for index, event_id in enumerate(stored)}
+    per_order: dict[str, list[int]] = {}
+    for event in received:
+        per_order.setdefault(event["subject"], []).append(position[event["id"]])
+    for seqs in per_order.values():
+        firsts = list(dict.fromkeys(seqs))
+        assert firsts == sorted(firsts)
