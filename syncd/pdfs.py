@@ -336,32 +336,30 @@ class Archiver:
     def archive_due(self) -> list[Outcome]:
         """Work every due job, ``concurrency`` at a time, earliest deadline first.
 
-        Each worker claims the next due job until none is left; a job whose attempt
-        failed is backing off, so it is not due again within this call.
+        Each worker claims the next due job until none is left. A job is taken at most
+        once per call: another worker may have read it as due just before its outcome
+        committed (on SQLite, where no row lock says so), and one whose attempt failed
+        is backing off anyway.
         """
         outcomes: list[Outcome] = []
-        busy: set[pdf_jobs.JobKey] = set()
+        taken: set[pdf_jobs.JobKey] = set()
         lock = threading.Lock()
 
         def reserve(key: pdf_jobs.JobKey) -> bool:
             with lock:
-                if key in busy:
+                if key in taken:
                     return False
-                busy.add(key)
+                taken.add(key)
                 return True
 
         def worker() -> None:
             while not self._stopping.is_set():
                 with pdf_jobs.claim_next(
-                    self._db, self._now(), reserve, self._concurrency + 1
+                    self._db, self._now(), reserve, 2 * self._concurrency + 1
                 ) as claim:
                     if claim is None:
                         return
-                    try:
-                        outcome = self._archive(claim)
-                    finally:
-                        with lock:
-                            busy.discard(pdf_jobs.job_key(claim.job))
+                    outcome = self._archive(claim)
                 with lock:
                     outcomes.append(outcome)
                 if outcome.note is not None:

@@ -352,3 +352,17 @@ def test_kill_during_large_downloads_leaves_only_whole_files(
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
     archived = {json.dumps(e["data"], sort_keys=True) for e in events_of(setup, "pdf_archived")}
     assert len(archived) == 20
+
+
+def test_no_pdf_is_fetched_twice_in_one_run(
+    sim: Simulator, configure: Callable[..., tuple[Config, Setup]], clock: FastClock
+) -> None:
+    """Four workers, 20 jobs, several runs: every PDF is requested exactly once."""
+    for _ in range(3):
+        sim.stats.clear()
+        for _ in range(20):
+            sim.add_order()
+        config, _ = configure()
+        assert run_once(config, sleep=clock.sleep, clock=clock) == []
+        fetched = [r.query["po_id"] for r in sim.stats.requests if r.path == "/print_po.php"]
+        assert len(fetched) == len(set(fetched)) == 20

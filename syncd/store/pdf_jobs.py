@@ -265,7 +265,7 @@ def claim_next(
     """The due job with the earliest deadline, claimed for the length of the block.
 
     ``reserve(key)`` is this process's own bookkeeping: it returns False for a job one of
-    its threads already works on (SQLite has no row locks to say so).
+    its threads already took (SQLite has no row locks to say so).
     """
     stmt = (
         select(*_JOB_COLUMNS)
