@@ -10,6 +10,7 @@ never left this machine (the connection was not established).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -105,7 +106,7 @@ def classify_status(
     return PermanentApiError(f"{endpoint}: HTTP {status}{suffix}", status_code=status)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def error_detail(response: httpx.Response) -> str:
     """A short, safe description of an error body (the JSON ``error``/``message`` field)."""
     try:
         body = response.json()
@@ -188,8 +189,15 @@ def refresh_grant(
             f"{endpoint}: no answer to the token refresh ({type(exc).__name__})", retryable=False
         ) from None
     if 400 <= response.status_code < 500:
-        detail = _error_detail(response) or f"HTTP {response.status_code}"
+        detail = error_detail(response) or f"HTTP {response.status_code}"
         raise AuthError(f"refresh token rejected ({detail})", status_code=response.status_code)
+    return token_pair(response, endpoint)
+
+
+def token_pair(response: httpx.Response, endpoint: str) -> TokenPair:
+    """The token pair of a token endpoint's answer (refresh or code exchange), whose 4xx
+    the caller has already judged; anything else unusable is a non-retryable upstream
+    error (the grant may have been spent)."""
     if response.status_code != 200:
         raise TransientApiError(
             f"{endpoint}: upstream error (HTTP {response.status_code})",
@@ -197,14 +205,19 @@ def refresh_grant(
             retryable=False,
         )
     data = parse_json(response, endpoint)
-    try:
-        access, refresh = data["access_token"], data["refresh_token"]
-        expires_in = float(data.get("expires_in", 3600))
-    except (KeyError, TypeError, ValueError):
-        raise TransientApiError(f"{endpoint}: malformed token response", retryable=False) from None
-    if not isinstance(access, str) or not isinstance(refresh, str) or not access or not refresh:
-        raise TransientApiError(f"{endpoint}: malformed token response", retryable=False)
-    return TokenPair(access, refresh, expires_in)
+    if isinstance(data, dict):
+        access, refresh = data.get("access_token"), data.get("refresh_token")
+        expires_in = data.get("expires_in", 3600)
+        if (
+            isinstance(access, str)
+            and isinstance(refresh, str)
+            and access
+            and refresh
+            and isinstance(expires_in, int | float | str | Decimal)
+        ):
+            with contextlib.suppress(ValueError, ArithmeticError):
+                return TokenPair(access, refresh, float(expires_in))
+    raise TransientApiError(f"{endpoint}: malformed token response", retryable=False)
 
 
 # --- the client -----------------------------------------------------------------------
@@ -357,7 +370,7 @@ class InventoryArtsClient:
                 response.headers.get("retry-after"), datetime.fromtimestamp(self._clock(), UTC)
             )
             error = classify_status(
-                response.status_code, endpoint, retry_after, _error_detail(response)
+                response.status_code, endpoint, retry_after, error_detail(response)
             )
             if error is not None:
                 raise error

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from syncd.api import TokenPair, _error_detail, parse_json
+from syncd.api import TokenPair, error_detail, token_pair
 from syncd.config import ConnectionConfig
 from syncd.errors import AuthError, ConfigError, TransientApiError
 from syncd.logging import get_logger
@@ -225,34 +225,13 @@ def exchange_code(
             retryable=False,
         ) from None
     if 400 <= response.status_code < 500:
-        detail = _error_detail(response) or f"HTTP {response.status_code}"
+        detail = error_detail(response) or f"HTTP {response.status_code}"
         raise AuthError(
             f"login failed: the {endpoint} refused the authorization code ({detail}); "
             "nothing was stored",
             status_code=response.status_code,
         )
-    if response.status_code != 200:
-        raise TransientApiError(
-            f"{endpoint}: upstream error (HTTP {response.status_code})",
-            status_code=response.status_code,
-            retryable=False,
-        )
-    data = parse_json(response, endpoint)
-    pair: TokenPair | None = None
-    if isinstance(data, dict):
-        access, refresh = data.get("access_token"), data.get("refresh_token")
-        expires_in = data.get("expires_in", 3600)
-        if (
-            isinstance(access, str)
-            and isinstance(refresh, str)
-            and access
-            and refresh
-            and isinstance(expires_in, int | float | str)
-        ):
-            with contextlib.suppress(ValueError):
-                pair = TokenPair(access, refresh, float(expires_in))
-    if pair is None:
-        raise TransientApiError(f"{endpoint}: malformed token response", retryable=False)
+    pair = token_pair(response, endpoint)
     known_secrets.add(pair.access_token)
     known_secrets.add(pair.refresh_token)
     return pair

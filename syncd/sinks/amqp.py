@@ -22,7 +22,6 @@ so loading the entry point tells the operator what to install.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,31 +34,13 @@ from syncd.errors import ConfigError, SinkRejected, SinkUnavailable
 from syncd.events import StoredEvent
 from syncd.logging import secrets
 from syncd.sinks.base import Sink
+from syncd.sinks.templates import parse_template, render
 
 CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_TIMEOUT = 10.0
 PERSISTENT = 2
 _NOT_FOUND = 404
 _MAX_ROUTING_KEY_BYTES = 255  # a routing key is an AMQP short string
-
-TEMPLATE_FIELDS = ("type", "connection", "subject")
-
-
-def parse_template(template: str) -> list[tuple[str, str | None]]:
-    """``template`` as (literal, field) pairs; ValueError for unknown or odd placeholders."""
-    parts: list[tuple[str, str | None]] = []
-    for literal, field, spec, conversion in string.Formatter().parse(template):
-        if field is not None and (field not in TEMPLATE_FIELDS or spec or conversion):
-            names = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
-            raise ValueError(f"unknown placeholder {{{field}}} (use {names})")
-        parts.append((literal, field))
-    return parts
-
-
-def render(parts: list[tuple[str, str | None]], event: StoredEvent) -> str:
-    """The routing key for ``event``."""
-    values = {"type": event.type, "connection": event.connection, "subject": event.subject}
-    return "".join(literal + (values[field] if field else "") for literal, field in parts)
 
 
 class AmqpSink(Sink):

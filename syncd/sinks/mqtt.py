@@ -19,7 +19,6 @@ it, so loading the entry point tells the operator what to install.
 from __future__ import annotations
 
 import re
-import string
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ from syncd.errors import ConfigError, SinkError, SinkRejected, SinkUnavailable
 from syncd.events import StoredEvent
 from syncd.logging import secrets
 from syncd.sinks.base import Sink
+from syncd.sinks.templates import parse_template, render
 
 DEFAULT_TIMEOUT = 10.0
 KEEPALIVE = 60
@@ -42,31 +42,15 @@ KEEPALIVE = 60
 # rest in order and sends each as an earlier one is acknowledged.
 MAX_INFLIGHT = 200
 
-TEMPLATE_FIELDS = ("type", "connection", "subject")
 _UNSAFE = re.compile(r"[+#\x00]")
+
+
+def _clean(value: str) -> str:
+    """Wildcards in a value from the event would widen the topic: they become "_"."""
+    return _UNSAFE.sub("_", value)
+
+
 _MAX_TOPIC_BYTES = 65535
-
-
-def parse_template(template: str) -> list[tuple[str, str | None]]:
-    """``template`` as (literal, field) pairs; ValueError for unknown or odd placeholders."""
-    parts: list[tuple[str, str | None]] = []
-    for literal, field, spec, conversion in string.Formatter().parse(template):
-        if field is not None and (field not in TEMPLATE_FIELDS or spec or conversion):
-            names = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
-            raise ValueError(f"unknown placeholder {{{field}}} (use {names})")
-        parts.append((literal, field))
-    return parts
-
-
-def render(parts: list[tuple[str, str | None]], event: StoredEvent) -> str:
-    """The topic for ``event``: placeholders filled, wildcard characters made ``_``."""
-    values = {"type": event.type, "connection": event.connection, "subject": event.subject}
-    rendered = []
-    for literal, field in parts:
-        rendered.append(literal)
-        if field is not None:
-            rendered.append(_UNSAFE.sub("_", values[field]))
-    return "".join(rendered)
 
 
 class MqttSink(Sink):
@@ -184,7 +168,7 @@ class MqttSink(Sink):
         infos: list[mqtt.MQTTMessageInfo] = []
         stop: SinkError | None = None  # raised once the messages already out are settled
         for event in events:
-            topic = render(self._parts, event)
+            topic = render(self._parts, event, _clean)
             if len(topic.encode()) > _MAX_TOPIC_BYTES:
                 stop = SinkRejected(
                     f"sink {self.name!r}: event {event.event_id} gives a topic longer "

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import re
-import string
 import threading
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -46,6 +45,7 @@ from syncd.errors import ConfigError, SinkRejected, SinkUnavailable
 from syncd.events import StoredEvent
 from syncd.logging import secrets
 from syncd.sinks.base import Sink
+from syncd.sinks.templates import parse_template, render
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_STREAM = "INVENTORYARTS"
@@ -54,34 +54,18 @@ DEFAULT_STREAM = "INVENTORYARTS"
 DUPLICATE_WINDOW = 600.0
 MSG_ID_HEADER = "Nats-Msg-Id"
 
-TEMPLATE_FIELDS = ("type", "connection", "subject")
 _UNSAFE = re.compile(r"[\s*>]")
+
+
+def _clean(value: str) -> str:
+    """Unsafe characters in a value from the event become "_"; a token is never empty."""
+    return _UNSAFE.sub("_", value) or "_"
+
+
 _STREAM_NAME = re.compile(r"[^\s.*>/\\]+")
 _JS_STREAM_NAME_IN_USE = 10058
 
 T = TypeVar("T")
-
-
-def parse_template(template: str) -> list[tuple[str, str | None]]:
-    """``template`` as (literal, field) pairs; ValueError for unknown or odd placeholders."""
-    parts: list[tuple[str, str | None]] = []
-    for literal, field, spec, conversion in string.Formatter().parse(template):
-        if field is not None and (field not in TEMPLATE_FIELDS or spec or conversion):
-            names = ", ".join("{" + name + "}" for name in TEMPLATE_FIELDS)
-            raise ValueError(f"unknown placeholder {{{field}}} (use {names})")
-        parts.append((literal, field))
-    return parts
-
-
-def render(parts: list[tuple[str, str | None]], event: StoredEvent) -> str:
-    """The subject for ``event``: placeholders filled, unsafe characters made ``_``."""
-    values = {"type": event.type, "connection": event.connection, "subject": event.subject}
-    rendered = []
-    for literal, field in parts:
-        rendered.append(literal)
-        if field is not None:
-            rendered.append(_UNSAFE.sub("_", values[field]) or "_")  # never an empty token
-    return "".join(rendered)
 
 
 def valid_subject(subject: str) -> bool:
@@ -222,7 +206,7 @@ class NatsSink(Sink):
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         wanted = stream_filter(self._parts)
-        probe = wanted or render(self._parts, _PROBE)
+        probe = wanted or render(self._parts, _PROBE, _clean)
         try:
             await js.find_stream_name_by_subject(probe)
             return  # some stream already captures these subjects
@@ -267,7 +251,7 @@ class NatsSink(Sink):
             return
         if self._nc is None or self._nc.is_closed:
             self.open()
-        subjects = [render(self._parts, event) for event in events]
+        subjects = [render(self._parts, event, _clean) for event in events]
         bad = next((i for i, subject in enumerate(subjects) if not valid_subject(subject)), None)
         batch = events if bad is None else events[:bad]
         try:
