@@ -58,6 +58,13 @@ def mirror_rows(db: Database) -> dict[int, dict[str, object]]:
         return {row["id"]: dict(row) for row in conn.execute(select(MIRROR)).mappings()}
 
 
+def test_schema_revision_constant_is_alembic_head() -> None:
+    """The fast-path revision constant names the newest migration."""
+    from syncd.store.database import SCHEMA_REVISION
+
+    assert head_revision() == SCHEMA_REVISION
+
+
 def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
     """Opening twice leaves the schema at head."""
     open_database(database_url).close()
