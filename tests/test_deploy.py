@@ -233,7 +233,7 @@ def test_daemon_unit_reads_secrets_without_a_shell() -> None:
         service = load_unit(name)["Service"]
         assert service["EnvironmentFile"] == ["-/etc/syncd/syncd.env"]
         assert all(line.startswith("/usr/bin/syncd ") for line in service["ExecStart"]), name
-        assert "LoadCredential" not in service  # syncd cannot read $CREDENTIALS_DIRECTORY yet
+        assert "LoadCredential" not in service  # a missing credential would stop the unit
 
 
 def test_oneshot_unit_runs_once_and_fails_on_exit_3() -> None:
