@@ -230,6 +230,7 @@ def _status_report(config: Config) -> dict[str, Any]:
                         token.needs_authorization_since if token else None
                     ),
                     "token_expires_at": _iso(token.expires_at if token else None),
+                    "refresh_in_doubt_since": _iso(token.refresh_in_doubt_since if token else None),
                     "last_poll_at": _iso(st.get("last_poll_at")),
                     "last_outcome": st.get("last_outcome"),
                     "last_error": st.get("last_error"),
@@ -321,11 +322,18 @@ def _auth_line(c: dict[str, Any], now: datetime) -> str:
         since = _parse_iso(c["needs_authorization_since"])
         return f"NEEDS AUTHORIZATION since {_ago(since, now)}: {c['auth_error']}"
     expires = _parse_iso(c["token_expires_at"])
+    line = str(c["authorization"])
     if c["authorization"] == "authorized" and expires is not None:
         left = (expires - now).total_seconds()
         when = f"expires in {_duration(left)}" if left > 0 else "access token expired"
-        return f"authorized, {when} (refreshed automatically)"
-    return str(c["authorization"])
+        line = f"authorized, {when} (refreshed automatically)"
+    doubt = _parse_iso(c.get("refresh_in_doubt_since"))
+    if doubt is not None:
+        line += (
+            f"; REFRESH IN DOUBT since {_ago(doubt, now)}: the last refresh's answer was "
+            "lost, the next refresh retries it once"
+        )
+    return line
 
 
 # --- auth -----------------------------------------------------------------------------

@@ -331,3 +331,14 @@ def test_demo_shows_orders_flowing(tmp_path: Path) -> None:
     created = [line for line in result.stdout.splitlines() if line.startswith("created ")]
     assert len(created) >= 20
     assert "Traceback" not in result.output
+
+
+def test_status_shows_a_refresh_in_doubt(sim: Simulator, make_config: Callable[..., Setup]) -> None:
+    """A refresh whose answer was lost shows in `status` and `status --json`."""
+    setup = make_config(sim)
+    assert run_syncd(setup, "run", "--once").code == 0
+    sim.expire_access_tokens()
+    sim.faults.add("/oauth/oauth_refresh.php", "reset_mid_body", times=1)
+    assert run_syncd(setup, "run", "--once").code == 4
+    assert status_json(setup)["connections"][0]["refresh_in_doubt_since"] is not None
+    assert "REFRESH IN DOUBT since" in run_syncd(setup, "status").stdout
