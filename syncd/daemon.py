@@ -34,7 +34,7 @@ from syncd.config import Config, ConnectionConfig
 from syncd.diff import next_poll_delay
 from syncd.errors import ApiError, AuthError, PdfUnavailable, SinkUnavailable, SyncdError
 from syncd.health import HealthServer, Metrics, WatchedConnection, readiness
-from syncd.leases import CONNECTION, SINK, leases_for
+from syncd.leases import CONNECTION, SINK, LocalLeases, PostgresLeases, leases_for
 from syncd.logging import get_logger, secrets
 from syncd.outbox import Channel, Dispatcher
 from syncd.pdfs import Archiver
@@ -199,10 +199,21 @@ def run_once(
                     poll_connection(name, client, db, clock=clock)
                 except ApiError as exc:
                     errors.append(exc)
+            # Beside daemons on PostgreSQL, deliver only to sinks no daemon holds: one
+            # sender per sink keeps each order's events in order.
+            sinks = [c.name for c in runtime.dispatcher.channels]
+            leases = (
+                PostgresLeases(db.url, [], sinks, member=False)
+                if db.is_postgresql
+                else LocalLeases()
+            )
+            leases.rebalance()
+            runtime.dispatcher.may_deliver = lambda sink: leases.holds(SINK, sink)
             progress = RunProgress.for_terminal()
             try:
                 errors += _archive_and_deliver(runtime, progress, sleep, clock)
             finally:
+                leases.close()
                 if progress is not None:
                     progress.close()
         finally:
@@ -457,9 +468,14 @@ class Daemon:
         self.scheduler.start()
         # The database is open and migrated and the scheduler runs: tell systemd.
         self.notifier.ready(f"polling {len(self.config.connections)} connection(s)")
+        # On PostgreSQL other processes append events too (polls of the connections they
+        # hold) without waking this dispatcher: look at the outbox every second.
+        dispatch_idle = 1.0 if self.db.is_postgresql else 30.0
         self._threads = [
             threading.Thread(
-                target=self._tracked(lambda: self.runtime.dispatcher.run(self.stop_event)),
+                target=self._tracked(
+                    lambda: self.runtime.dispatcher.run(self.stop_event, idle=dispatch_idle)
+                ),
                 name="syncd-dispatcher",
                 daemon=True,
             ),

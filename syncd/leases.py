@@ -84,8 +84,17 @@ class PostgresLeases:
     """Session advisory locks on a connection of their own."""
 
     def __init__(
-        self, url: str, connections: Sequence[str], sinks: Sequence[str], node: str | None = None
+        self,
+        url: str,
+        connections: Sequence[str],
+        sinks: Sequence[str],
+        node: str | None = None,
+        *,
+        member: bool = True,
     ) -> None:
+        # member=False: a passer-by (run --once) that takes free sinks but does not count
+        # as a process sharing the connections, so the daemons do not rebalance for it.
+        self._member = member
         self._url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         self._connections = list(connections)
         self._sinks = list(sinks)
@@ -116,7 +125,10 @@ class PostgresLeases:
                 self._conn.execute(f"SET tcp_keepalives_{name} = {value}")
             self._member_ns = self._namespace("member")
             self._lease_ns = self._namespace("lease")
-            self._conn.execute("SELECT pg_advisory_lock(%s, pg_backend_pid())", (self._member_ns,))
+            if self._member:
+                self._conn.execute(
+                    "SELECT pg_advisory_lock(%s, pg_backend_pid())", (self._member_ns,)
+                )
         return self._conn
 
     def _namespace(self, purpose: str) -> int:

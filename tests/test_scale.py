@@ -309,3 +309,23 @@ def test_sink_order_holds_while_processes_are_killed_and_restarted(
     for seqs in by_order.values():
         firsts = list(dict.fromkeys(seqs))
         assert firsts == sorted(firsts)
+
+
+@pytest.mark.postgres
+def test_one_shot_run_leaves_a_daemons_sink_alone(cluster: Callable[..., Cluster]) -> None:
+    """`run --once` beside a daemon on PostgreSQL polls, but sends nothing to the sink the
+    daemon holds: one sender per sink keeps each order's events in order."""
+    c = cluster(1, interval="1s")
+    daemon = c.start()
+    wait_for(lambda: c.events_file.exists() and len(read_events(c.events_file)) >= 20)
+    time.sleep(1)
+    delivered = len(read_events(c.events_file))
+    daemon.send_signal(signal.SIGSTOP)  # the daemon keeps its leases but sends nothing
+    try:
+        c.sims["c0"].add_order()
+        result = run_syncd(c.setup, "run", "--once")
+        assert result.code == 0, result.output
+        assert len(read_events(c.events_file)) == delivered
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    wait_for(lambda: len(read_events(c.events_file)) > delivered)
