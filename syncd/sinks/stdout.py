@@ -26,6 +26,11 @@ def summarize(event: StoredEvent) -> str:
         for field, change in data.get("changes", {}).items():
             line += f"\n         {field}: {change['old']} -> {change['new']}"
         return line
+    if kind in ("pdf_archived", "pdf_failed"):
+        what = f"pdf      order {data['purchase_order_id']} v{data['version']}"
+        if kind == "pdf_failed":
+            return f"{what} failed: {data['reason']}"
+        return f"{what} archived, {data['size']:,} bytes: {data['path'][:40]}..."
     details = ", ".join(f"{k}={v}" for k, v in data.items())
     return f"{kind:<8} {event.subject}: {details}"
 
