@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import random
 import socket
@@ -117,6 +118,27 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or ""), parts.port
 
 
+def link_refusal(url: str) -> str | None:
+    """Why a PDF link must not be fetched, or None (pure).
+
+    Only http(s); no credentials in the link (httpx would send them as Basic auth); no
+    link-local, multicast or unspecified address (cloud metadata endpoints live at
+    169.254.169.254: a hostile upstream must not make syncd fetch them).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "not an http(s) link"
+    if parts.username is not None or parts.password is not None:
+        return "the link carries credentials"
+    try:
+        address = ipaddress.ip_address((parts.hostname or "").strip("[]"))
+    except ValueError:
+        return None if parts.hostname else "the link has no host"
+    if address.is_link_local or address.is_multicast or address.is_unspecified:
+        return "the link points at a link-local, multicast or unspecified address"
+    return None
+
+
 def _temp_name() -> str:
     return f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}{TEMP_SUFFIX}"
 
@@ -173,8 +195,9 @@ def download_pdf(
     cancelled: Callable[[], bool] = lambda: False,
 ) -> StoredPdf:
     """Stream one PDF into ``pdf_dir/relative_dir/<sha256>.pdf``; raise DownloadFailed."""
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise DownloadFailed("not an http(s) link", reason="invalid_url", kind="final")
+    refusal = link_refusal(url)
+    if refusal is not None:
+        raise DownloadFailed(refusal, reason="invalid_url", kind="final")
     temp = pdf_dir / _temp_name()
     digest = hashlib.sha256()
     size = 0

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 BUSINESS_FIELDS = ("po_number", "vendor_name", "grand_total", "status", "items_summary")
+MAX_ID = 2**63 - 1  # the mirror's BIGINT; a larger id would fail the whole window's insert
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,8 @@ def parse_purchase_order(record: object) -> PurchaseOrder:
     if "id" not in record or record["id"] is None:
         raise RecordError("id is missing")
     order_id = _integer(record["id"], "id")
-    if order_id <= 0:
-        raise RecordError("id must be positive")
+    if not 0 < order_id <= MAX_ID:
+        raise RecordError("id must be a positive 64-bit integer")
     if "grand_total" not in record or record["grand_total"] is None:
         raise RecordError("grand_total is missing")
     try:

@@ -366,3 +366,24 @@ def test_no_pdf_is_fetched_twice_in_one_run(
         assert run_once(config, sleep=clock.sleep, clock=clock) == []
         fetched = [r.query["po_id"] for r in sim.stats.requests if r.path == "/print_po.php"]
         assert len(fetched) == len(set(fetched)) == 20
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://cdn.example.org/print_po.php?po_id=1", False),
+        ("http://127.0.0.2:8080/print_po.php", False),
+        ("ftp://example.org/a.pdf", True),
+        ("file:///etc/passwd", True),
+        ("http://user:pass@example.org/a.pdf", True),
+        ("http://169.254.169.254/latest/meta-data", True),
+        ("http://[fe80::1]/a.pdf", True),
+        ("http://0.0.0.0/a.pdf", True),
+        ("http:///a.pdf", True),
+    ],
+)
+def test_link_refusal(url: str, refused: bool) -> None:
+    """Only http(s) links without credentials to a routable address are fetched."""
+    from syncd.pdfs import link_refusal
+
+    assert (link_refusal(url) is not None) is refused
