@@ -42,7 +42,13 @@ from syncd.poller import outcome_of, poll_connection
 from syncd.progress import RunProgress
 from syncd.sinks.base import Sink, sink_class
 from syncd.store import outbox, pdf_jobs
-from syncd.store.database import Database, InstanceLock, open_database, sqlite_path
+from syncd.store.database import (
+    Database,
+    InstanceLock,
+    database_outage,
+    open_database,
+    sqlite_path,
+)
 from syncd.store.state import load_state
 from syncd.systemd import Notifier
 
@@ -393,9 +399,13 @@ class Daemon:
             outcome = outcome_of(exc)
             if exc.retry_after is not None and exc.retry_after > connection.poll_interval:
                 delay = exc.retry_after  # the server asked us to stay away that long
-        except Exception:  # the daemon outlives a bug in one poll; the next one retries
-            outcome = "crashed"
-            log.exception("poll crashed")
+        except Exception as exc:  # the daemon outlives a failed poll; the next one retries
+            outage = database_outage(exc)
+            outcome = "database_unavailable" if outage else "crashed"
+            if outage:
+                log.error("poll failed: database unavailable", error=outage)
+            else:
+                log.exception("poll crashed")
         else:
             self.runtime.archiver.wake()  # new jobs, or fresh links for waiting ones
             if result.events:

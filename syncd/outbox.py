@@ -23,7 +23,7 @@ from syncd.events import StoredEvent
 from syncd.logging import get_logger
 from syncd.sinks.base import Sink
 from syncd.store import outbox
-from syncd.store.database import Database
+from syncd.store.database import Database, database_outage
 
 BATCH_SIZE = 500
 BACKOFF_BASE = 1.0
@@ -204,8 +204,12 @@ class Dispatcher:
             timeout = idle
             try:
                 result = self.deliver_due()
-            except Exception:  # a bug or a database outage must not kill delivery for good
-                log.exception("delivery round failed; retrying")
+            except Exception as exc:  # a bug or a database outage must not end delivery
+                outage = database_outage(exc)
+                if outage:
+                    log.error("delivery paused: database unavailable", error=outage)
+                else:
+                    log.exception("delivery round failed; retrying")
                 timeout = min(idle, 5.0)
             else:
                 if result.next_attempt_at is not None:

@@ -35,7 +35,7 @@ from syncd.api import parse_retry_after
 from syncd.backoff import full_jitter
 from syncd.logging import get_logger, redact
 from syncd.store import pdf_jobs
-from syncd.store.database import Database, make_private_dir
+from syncd.store.database import Database, database_outage, make_private_dir
 from syncd.store.pdf_jobs import PdfJob
 
 CHUNK_SIZE = 1 << 16
@@ -474,8 +474,12 @@ class Archiver:
                 wakeup = pdf_jobs.next_wakeup(self._db, self._now())
                 if wakeup is not None:
                     timeout = min(idle, max(0.05, (wakeup - self._now()).total_seconds()))
-            except Exception:  # keep archiving after a bug or a database outage
-                log.exception("archiving round failed; retrying")
+            except Exception as exc:  # keep archiving after a bug or a database outage
+                outage = database_outage(exc)
+                if outage:
+                    log.error("archiving paused: database unavailable", error=outage)
+                else:
+                    log.exception("archiving round failed; retrying")
                 timeout = min(idle, 5.0)
             self._wake.wait(timeout)
 

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from syncd.errors import AlreadyRunning, ConfigError, SyncdError
 
@@ -30,6 +30,17 @@ BUSY_TIMEOUT_SECONDS = 60.0  # longer than one refresh call holding the write lo
 OUTBOX_LOCK_KEY = 0x73796E6364  # "syncd": serialises outbox appends on PostgreSQL
 POLL_LOCK_NAMESPACE = 0x706F6C6C  # "poll": with hashtext(connection), one poll at a time
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def database_outage(exc: BaseException) -> str | None:
+    """A one-line description if ``exc`` means the database went away (a restart, a cut
+    connection, a lock held too long), else None: expected, so no traceback."""
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return detail[0] if detail else type(exc).__name__
+    return None
 
 
 class DatabaseUnavailable(SyncdError):
