@@ -405,6 +405,10 @@ class Simulator:
     def redirect_uri(self, value: str | None) -> None:
         self._app.registered_redirect_uri = value
 
+    def freeze(self) -> None:
+        """From now on no order appears or changes by itself."""
+        self._state.freeze()
+
     # --------------------------------------------------------------- account
 
     def issue_tokens(self) -> dict[str, Any]:

@@ -361,6 +361,13 @@ class State:
             if self._change_every is not None:
                 self._next_change = now + self._change_every
 
+    def freeze(self) -> None:
+        """Stop the scheduled new orders and changes (what is due now still happens)."""
+        self.tick()
+        with self.lock:
+            self._new_every = self._change_every = None
+            self._next_new = self._next_change = None
+
     def newest(self, limit: int | None = None) -> list[Order]:
         """Live order objects, newest first (callers must hold the lock while using them)."""
         with self.lock:
