@@ -54,11 +54,21 @@ def write_config(
     return path, env
 
 
+SCHEMAS: list[str] = []
+
+
 def fresh_schema(base: str) -> str:
     schema = "bench_" + uuid.uuid4().hex[:8]
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
+    SCHEMAS.append(schema)
     return f"{base}?options=-csearch_path%3D{schema}"
+
+
+def drop_schemas(base: str) -> None:
+    with psycopg.connect(base, autocommit=True) as conn:
+        for schema in SCHEMAS:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def start(path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -128,9 +138,12 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=60)
     args = parser.parse_args()
     base = os.environ.get("SYNCD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    for processes in (1, 2, 3):
-        run_processes(base, processes, args.connections, args.interval, args.window)
-    takeover(base, args.connections, args.interval)
+    try:
+        for processes in (1, 2, 3):
+            run_processes(base, processes, args.connections, args.interval, args.window)
+        takeover(base, args.connections, args.interval)
+    finally:
+        drop_schemas(base)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "InventoryArtsSimulator/1.0"
     sys_version = ""
+    # Headers and body go out as separate writes: without TCP_NODELAY every keep-alive
+    # answer would wait ~40 ms for the client's delayed ACK, which no real server does.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """No request logging: tests and the demo want a quiet stderr."""

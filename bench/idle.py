@@ -1,0 +1,176 @@
+"""Idle-cost benchmark (not a test): what a quiet `syncd run` costs between polls.
+
+    .venv/bin/python bench/idle.py                       # both parts, ~16 minutes
+    .venv/bin/python bench/idle.py --part one --window 600
+    SYNCD_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
+        .venv/bin/python bench/idle.py --part scale --warmup 120 --window 120
+
+1. One connection, poll interval 60 s, SQLite, a JSONL sink and the health server on:
+   after a warm-up (start-up, first poll, first PDFs), RSS (VmRSS, sampled every 5 s,
+   peak and last) and CPU (user + system from /proc/PID/stat) over the window, as a
+   share of one core. Targets: RSS <= 80 MB, CPU <= 0.1 %.
+2. Scale point: 200 connections at 60 s in one process (PostgreSQL, fresh schema, as
+   bench/scale.py), CPU over a window that starts after the first burst (4,000 PDFs)
+   has settled. Target: <= 25 % of one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from syncd.simulator import Simulator
+
+ORDERS = "/api/v1/purchase_orders.php"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    tmp: Path, url: str, sim: Simulator, n: int, interval: int, listen: str
+) -> tuple[Path, dict[str, str]]:
+    env = {"SECRET": sim.client_secret}
+    blocks = []
+    for i in range(n):
+        env[f"T{i}"] = str(sim.issue_tokens()["refresh_token"])
+        blocks.append(
+            f'[[connections]]\nname = "c{i}"\nbase_url = "{sim.base_url}"\n'
+            f'client_id = "{sim.client_id}"\nclient_secret = "${{SECRET}}"\n'
+            f'refresh_token = "${{T{i}}}"\npoll_interval = {interval}\n'
+        )
+    path = tmp / "syncd.toml"
+    path.write_text(
+        f'[daemon]\nstate_dir = "{tmp}/state"\nlog_level = "warning"\nlisten = "{listen}"\n'
+        f'[database]\nurl = "{url}"\n'
+        f'[[sinks]]\nname = "file"\ntype = "jsonl"\npath = "{tmp}/events.jsonl"\n'
+        + "\n".join(blocks)
+    )
+    return path, env
+
+
+def fresh_schema(base: str) -> tuple[str, str]:
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return schema, f"{base}?options=-csearch_path%3D{schema}"
+
+
+def drop_schema(base: str, schema: str) -> None:
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def measure(
+    url: str, n: int, interval: int, warmup: float, window: float, label: str
+) -> dict[str, float]:
+    with Simulator(seed=1, orders=25).start() as sim, tempfile.TemporaryDirectory() as d:
+        listen = f"127.0.0.1:{free_port()}"
+        path, env = write_config(
+            Path(d), url or f"sqlite:///{d}/state/syncd.db", sim, n, interval, listen
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "--config", str(path), "run"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(warmup)
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {proc.returncode}")
+            cpu0, polls0, t0 = cpu_seconds(proc.pid), sim.stats.count(ORDERS), time.monotonic()
+            peak = rss_mb(proc.pid)
+            while time.monotonic() - t0 < window:
+                time.sleep(min(5.0, window - (time.monotonic() - t0)) or 0.01)
+                peak = max(peak, rss_mb(proc.pid))
+            cpu1, polls1, t1 = cpu_seconds(proc.pid), sim.stats.count(ORDERS), time.monotonic()
+            last = rss_mb(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        elapsed = t1 - t0
+        result = {
+            "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
+            "cpu_s": cpu1 - cpu0,
+            "rss_peak_mb": peak,
+            "rss_last_mb": last,
+            "polls": polls1 - polls0,
+            "window_s": elapsed,
+        }
+        print(
+            f"{label}: {n} connection(s) at {interval} s, window {elapsed:.0f} s after "
+            f"{warmup:.0f} s warm-up: CPU {result['cpu_pct']:.3f}% of one core "
+            f"({result['cpu_s']:.2f} s), RSS peak {peak:.1f} MB, last {last:.1f} MB, "
+            f"polls in window {result['polls']} (expected ~{n * elapsed / interval:.0f})",
+            flush=True,
+        )
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=["one", "scale", "both"], default="both")
+    parser.add_argument("--interval", type=int, default=60)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds before the window (default 15 for one, 150 for scale)",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        help="window in seconds (default 600 for one, 180 for scale)",
+    )
+    parser.add_argument("--connections", type=int, default=200)
+    args = parser.parse_args()
+    if args.part in ("one", "both"):
+        measure("", 1, args.interval, args.warmup or 15, args.window or 600, "idle")
+    if args.part in ("scale", "both"):
+        base = os.environ.get(
+            "SYNCD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        )
+        schema, url = fresh_schema(base)
+        try:
+            measure(
+                url,
+                args.connections,
+                args.interval,
+                args.warmup or 150,
+                args.window or 180,
+                "scale",
+            )
+        finally:
+            drop_schema(base, schema)
+
+
+if __name__ == "__main__":
+    main()
