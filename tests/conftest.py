@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,28 @@ def _forget_secrets() -> Iterator[None]:
     """Each test starts with an empty secret registry."""
     yield
     secrets.clear()
+
+
+class FastClock:
+    """Real time plus an offset that the injected sleep advances (tests skip waits);
+    records every sleep."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock() -> FastClock:
+    """A clock for in-process runs whose waits are skipped, not slept."""
+    return FastClock()
 
 
 @pytest.fixture
@@ -144,6 +167,20 @@ poll_interval = "{poll_interval}"
     return make
 
 
+@pytest.fixture
+def configure(
+    sim: Simulator, make_config: Callable[..., Setup]
+) -> Callable[..., tuple[Any, Setup]]:
+    """Factory: a config for ``sim`` (``make_config`` options), loaded, and its Setup."""
+    from syncd.config import load_config
+
+    def make(**kwargs: Any) -> tuple[Any, Setup]:
+        setup = make_config(sim, **kwargs)
+        return load_config(setup.path, setup.env), setup
+
+    return make
+
+
 @dataclass
 class CliResult:
     code: int
@@ -195,3 +232,16 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def assert_delivered_in_order(delivered: list[dict[str, Any]], stored_ids: list[str]) -> None:
+    """The sink got every stored event (after deduplication on id), and each order's
+    events first arrived in the order they were stored (per-order order)."""
+    assert {event["id"] for event in delivered} == set(stored_ids)
+    position = {event_id: index for index, event_id in enumerate(stored_ids)}
+    per_order: dict[tuple[str, str], list[int]] = {}
+    for event in delivered:
+        per_order.setdefault((event["source"], event["subject"]), []).append(position[event["id"]])
+    for positions in per_order.values():
+        first_arrivals = list(dict.fromkeys(positions))
+        assert first_arrivals == sorted(first_arrivals)

@@ -20,7 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from syncd.simulator import Simulator
-from tests.conftest import Setup, read_events, run_syncd, start_syncd
+from tests.conftest import (
+    Setup,
+    assert_delivered_in_order,
+    read_events,
+    run_syncd,
+    start_syncd,
+)
 
 KILLS = int(os.environ.get("SYNCD_CHAOS_KILLS", "12"))
 SEED = int(os.environ.get("SYNCD_CHAOS_SEED", "1"))
@@ -88,15 +94,7 @@ def check_mirror_and_events(path: Path, window: dict[int, dict[str, object]], se
         assert kinds == ["created"] + ["updated"] * (int(row[5]) - 1), (order_id, kinds)
     # The sink holds every event (after deduplication on id), each order's in order.
     delivered = read_events(setup.events_file)
-    ids = [event_id for event_id, _, _ in stored]
-    assert {e["id"] for e in delivered} == set(ids)
-    position = {event_id: index for index, event_id in enumerate(ids)}
-    per_order: dict[str, list[int]] = {}
-    for event in delivered:
-        per_order.setdefault(event["subject"], []).append(position[event["id"]])
-    for seqs in per_order.values():
-        firsts = list(dict.fromkeys(seqs))
-        assert firsts == sorted(firsts)
+    assert_delivered_in_order(delivered, [event_id for event_id, _, _ in stored])
 
 
 def check_pdfs(pdf_dir: Path) -> None:

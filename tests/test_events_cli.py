@@ -15,7 +15,13 @@ from syncd.simulator import Simulator
 from syncd.store import outbox
 from syncd.store.database import open_database
 from syncd.store.mirror import apply_poll
-from tests.conftest import Setup, read_events, run_syncd, start_syncd
+from tests.conftest import (
+    Setup,
+    assert_delivered_in_order,
+    read_events,
+    run_syncd,
+    start_syncd,
+)
 
 
 def synced(sim: Simulator, make_config: Callable[..., Setup]) -> Setup:
@@ -126,13 +132,4 @@ def test_kill_during_delivery_loses_nothing(
             after = batch[-1].seq
     finally:
         db.close()
-    assert {e["id"] for e in events} == set(stored)
-    position = {event_id: index for index, event_id in enumerate(stored)}
-    per_subject: dict[tuple[str, str], list[int]] = {}
-    for event in events:
-        per_subject.setdefault((event["source"], event["subject"]), []).append(
-            position[event["id"]]
-        )
-    for seqs in per_subject.values():
-        first_seen = list(dict.fromkeys(seqs))
-        assert first_seen == sorted(first_seen)
+    assert_delivered_in_order(events, stored)

@@ -25,7 +25,7 @@ from syncd.config import Config, load_config
 from syncd.daemon import exit_code_for, run_once
 from syncd.errors import PdfUnavailable, SinkUnavailable, TransientApiError
 from syncd.simulator import Simulator
-from tests.conftest import Setup, read_events, run_syncd, start_syncd
+from tests.conftest import FastClock, Setup, read_events, run_syncd, start_syncd
 
 ORDERS = "/api/v1/purchase_orders.php"
 PDF = "/print_po.php"
@@ -33,26 +33,6 @@ CREATED = "com.inventoryarts.purchase_order.created"
 UPDATED = "com.inventoryarts.purchase_order.updated"
 GAP = "com.inventoryarts.sync.gap_detected"
 ARCHIVED = "com.inventoryarts.purchase_order.pdf_archived"
-
-
-class FastClock:
-    """Real time plus an offset the injected sleep advances; records every sleep."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock() -> FastClock:
-    return FastClock()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from syncd.config import Config, load_config
+from syncd.config import Config
 from syncd.daemon import run_once
 from syncd.errors import PdfUnavailable
 from syncd.pdfs import (
@@ -24,36 +24,7 @@ from syncd.pdfs import (
     remove_stale_temporaries,
 )
 from syncd.simulator import Simulator
-from tests.conftest import Setup, read_events, start_syncd
-
-
-class FastClock:
-    """Real time plus an offset that the injected sleep advances (tests skip waits)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def sleep(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock() -> FastClock:
-    return FastClock()
-
-
-@pytest.fixture
-def configure(
-    sim: Simulator, make_config: Callable[..., Setup]
-) -> Callable[..., tuple[Config, Setup]]:
-    def make(**kwargs: object) -> tuple[Config, Setup]:
-        setup = make_config(sim, **kwargs)
-        return load_config(setup.path, setup.env), setup
-
-    return make
+from tests.conftest import FastClock, Setup, read_events, start_syncd
 
 
 def pdf_files(config: Config) -> dict[str, bytes]:

@@ -15,46 +15,17 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.config import Config, load_config
+from syncd.config import Config
 from syncd.daemon import run_once
 from syncd.pdfs import DownloadFailed, download_pdf
 from syncd.simulator import Simulator
-from tests.conftest import Setup, read_events, run_syncd
+from tests.conftest import FastClock, Setup, read_events, run_syncd
 
 ORDERS = "/api/v1/purchase_orders.php"
 PDF = "/print_po.php"
 FAILED = "com.inventoryarts.purchase_order.pdf_failed"
 ARCHIVED = "com.inventoryarts.purchase_order.pdf_archived"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-class FastClock:
-    """Real time plus an offset that the injected sleep advances (tests skip waits)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def sleep(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock() -> FastClock:
-    return FastClock()
-
-
-@pytest.fixture
-def configure(
-    sim: Simulator, make_config: Callable[..., Setup]
-) -> Callable[..., tuple[Config, Setup]]:
-    def make(**kwargs: Any) -> tuple[Config, Setup]:
-        setup = make_config(sim, **kwargs)
-        return load_config(setup.path, setup.env), setup
-
-    return make
 
 
 def of_type(setup: Setup, event_type: str) -> list[dict[str, Any]]:

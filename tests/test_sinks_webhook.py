@@ -414,6 +414,7 @@ def test_receiver_that_recovers_gets_every_event_in_order(
     from syncd.store import outbox
     from syncd.store.database import open_database
     from syncd.store.mirror import apply_poll
+    from tests.conftest import assert_delivered_in_order
 
     db = open_database(f"sqlite:///{tmp_path / 'syncd.db'}")
     try:
@@ -446,11 +447,4 @@ def test_receiver_that_recovers_gets_every_event_in_order(
         db.close()
     received = [json.loads(r.body) for r in receiver.requests if r.body]
     assert len(received) > len(stored)  # some were sent more than once
-    assert {e["id"] for e in received} == set(stored)
-    position = {event_id: index for index, event_id in enumerate(stored)}
-    per_order: dict[str, list[int]] = {}
-    for event in received:
-        per_order.setdefault(event["subject"], []).append(position[event["id"]])
-    for seqs in per_order.values():
-        firsts = list(dict.fromkeys(seqs))
-        assert firsts == sorted(firsts)
+    assert_delivered_in_order(received, stored)
