@@ -11,8 +11,10 @@ never left this machine (the connection was not established).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
+import ssl
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol, TypeVar
 
+import certifi
 import httpx
 from structlog.typing import FilteringBoundLogger
 from tenacity import RetryCallState, Retrying, retry_if_exception
@@ -229,12 +232,20 @@ class CheckinResult:
     message: str
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context (with the CA bundle) for every client syncd makes: loading the
+    bundle costs tens of milliseconds and megabytes each time."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def api_http_client(
     *, max_connections: int = 10, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
     """The HTTP client API calls go through: bounded, no redirects (a redirect must not
     carry the bearer token anywhere)."""
     return httpx.Client(
+        verify=tls_context(),
         transport=transport,
         follow_redirects=False,
         limits=httpx.Limits(

@@ -28,7 +28,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from syncd.api import InventoryArtsClient, RetryPolicy, api_http_client
+from syncd.api import InventoryArtsClient, RetryPolicy, api_http_client, tls_context
 from syncd.auth import REFRESH_PATH, ConnectionAuth, TokenManager
 from syncd.config import Config, ConnectionConfig
 from syncd.diff import next_poll_delay
@@ -115,7 +115,9 @@ def build_runtime(
     clock: Callable[[], float] = time.time,
     channels: list[Channel] | None = None,
 ) -> Runtime:
-    refresh_http = httpx.Client(timeout=config.http.timeout, follow_redirects=False)
+    refresh_http = httpx.Client(
+        verify=tls_context(), timeout=config.http.timeout, follow_redirects=False
+    )
     policy = RetryPolicy(
         max_attempts=config.http.max_attempts, retry_after_max=config.http.retry_after_max
     )

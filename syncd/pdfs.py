@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from syncd.api import parse_retry_after
+from syncd.api import parse_retry_after, tls_context
 from syncd.backoff import full_jitter
 from syncd.logging import get_logger, redact
 from syncd.store import pdf_jobs
@@ -339,6 +339,7 @@ class Archiver:
         self.on_outcome: Callable[[Outcome], object] = lambda _outcome: None  # progress
         # No auth, no redirects: the link is the credential and must not travel.
         self._http = httpx.Client(
+            verify=tls_context(),
             timeout=timeout,
             follow_redirects=False,
             transport=transport,

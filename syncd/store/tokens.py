@@ -21,9 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import Connection, delete, select, update
 
 from syncd.errors import ConfigError
@@ -33,6 +32,9 @@ from syncd.store.database import Database
 from syncd.store.outbox import append_events
 from syncd.store.schema import TokenRow
 from syncd.store.sql import insert_ignore, upsert
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 TOKENS = TokenRow.__table__  # type: ignore[attr-defined]
 
@@ -50,8 +52,11 @@ class TokenCipher:
 
     def __init__(self, key: str | None = None, source: str = TOKEN_KEY_ENV) -> None:
         self.source = source
+        # cryptography (and its own OpenSSL) loads only when a key is configured.
         self._fernet: Fernet | None = None
         if key is not None:
+            from cryptography.fernet import Fernet
+
             secrets.add(key)
             try:
                 self._fernet = Fernet(key.encode())
@@ -80,6 +85,8 @@ class TokenCipher:
                 f"the stored tokens of connection '{connection}' are encrypted and no key is "
                 f"set: set {TOKEN_KEY_ENV} or the systemd credential {TOKEN_KEY_CREDENTIAL}"
             )
+        from cryptography.fernet import InvalidToken
+
         try:
             value = self._fernet.decrypt(stored.removeprefix(ENCRYPTED_PREFIX).encode()).decode()
         except (InvalidToken, ValueError):
