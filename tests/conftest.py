@@ -245,3 +245,58 @@ def assert_delivered_in_order(delivered: list[dict[str, Any]], stored_ids: list[
     for positions in per_order.values():
         first_arrivals = list(dict.fromkeys(positions))
         assert first_arrivals == sorted(first_arrivals)
+
+
+def seed_outbox(setup: Setup, count: int) -> None:
+    """Put ``count`` created events (connection "seeded") in ``setup``'s outbox."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from syncd.config import load_config
+    from syncd.records import PurchaseOrder
+    from syncd.store.database import open_database
+    from syncd.store.mirror import apply_poll
+
+    config = load_config(setup.path, setup.env)
+    db = open_database(config.database.url)
+    try:
+        orders = tuple(
+            PurchaseOrder(i, f"PO-{i}", "Vendor", Decimal("1.00"), None, "x" * 200, None)
+            for i in range(10_000, 10_000 + count)
+        )
+        apply_poll(db, "seeded", orders, datetime.now(UTC))
+    finally:
+        db.close()
+
+
+@dataclass
+class PlantedSecrets:
+    """What the simulator handed out: every token issued, every signed link token."""
+
+    issued: list[str]
+    link_tokens: list[str]
+
+
+def record_secrets(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> PlantedSecrets:
+    """Record every token and pdf_url token ``sim`` issues from now on."""
+    import re
+
+    planted = PlantedSecrets([], [])
+    state = sim._state
+    real_issue, real_query = state.issue_tokens, state.pdf_query
+
+    def record_issue() -> Any:
+        pair = real_issue()
+        planted.issued.extend([pair.access_token, pair.refresh_token])
+        return pair
+
+    def record_query(order: Any) -> str:
+        query = real_query(order)
+        token = re.search(r"token=([^&]+)", query)
+        assert token is not None
+        planted.link_tokens.append(token.group(1))
+        return query
+
+    monkeypatch.setattr(state, "issue_tokens", record_issue)
+    monkeypatch.setattr(state, "pdf_query", record_query)
+    return planted

@@ -7,19 +7,17 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from syncd.config import load_config
-from syncd.records import PurchaseOrder
 from syncd.simulator import Simulator
 from syncd.store import outbox
 from syncd.store.database import open_database
-from syncd.store.mirror import apply_poll
 from tests.conftest import (
     Setup,
     assert_delivered_in_order,
     read_events,
     run_syncd,
+    seed_outbox,
     start_syncd,
 )
 
@@ -100,16 +98,7 @@ def test_kill_during_delivery_loses_nothing(
     """kill -9 while 20,000 events are delivered: after a restart every event is in the
     file, each line whole, each order's events in order."""
     setup = make_config(sim)
-    config = load_config(setup.path, setup.env)
-    db = open_database(config.database.url)
-    try:
-        orders = tuple(
-            PurchaseOrder(i, f"PO-{i}", "Vendor", Decimal("1.00"), None, "x" * 200, None)
-            for i in range(10_000, 30_000)
-        )
-        apply_poll(db, "seeded", orders, datetime.now(UTC))
-    finally:
-        db.close()
+    seed_outbox(setup, 20_000)
     for _ in range(2):
         before = _lines(setup)
         proc = start_syncd(setup, "run", "--once")
@@ -123,7 +112,7 @@ def test_kill_during_delivery_loses_nothing(
     assert result.code == 0, result.output
     lines = setup.events_file.read_text().splitlines()
     events = [json.loads(line) for line in lines]  # every line is whole JSON
-    db = open_database(config.database.url)
+    db = open_database(load_config(setup.path, setup.env).database.url)
     try:
         stored: list[str] = []
         after = 0

@@ -7,8 +7,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -16,12 +14,9 @@ import pytest
 
 from syncd.config import load_config
 from syncd.daemon import Daemon, opened
-from syncd.records import PurchaseOrder
 from syncd.simulator import Simulator
-from syncd.store.database import open_database
-from syncd.store.mirror import apply_poll
 from syncd.systemd import Notifier
-from tests.conftest import Setup, run_syncd, start_syncd
+from tests.conftest import Setup, run_syncd, seed_outbox, start_syncd
 
 
 def free_port() -> int:
@@ -226,16 +221,7 @@ def test_sigterm_during_delivery_exits_0_fast(
 ) -> None:
     """SIGTERM while 20,000 events are delivered: exit 0 within 10 s, every line whole."""
     setup = make_config(sim)
-    config = load_config(setup.path, setup.env)
-    db = open_database(config.database.url)
-    try:
-        orders = tuple(
-            PurchaseOrder(i, f"PO-{i}", "Vendor", Decimal("1.00"), None, "x" * 200, None)
-            for i in range(10_000, 30_000)
-        )
-        apply_poll(db, "seeded", orders, datetime.now(UTC))
-    finally:
-        db.close()
+    seed_outbox(setup, 20_000)
     proc = start_syncd(setup, "run")
     wait_for(lambda: setup.events_file.exists() and setup.events_file.stat().st_size > 0)
     started = time.monotonic()

@@ -19,7 +19,7 @@ from syncd.config import Config
 from syncd.daemon import run_once
 from syncd.pdfs import DownloadFailed, download_pdf
 from syncd.simulator import Simulator
-from tests.conftest import FastClock, Setup, read_events, run_syncd
+from tests.conftest import FastClock, Setup, read_events, record_secrets, run_syncd
 
 ORDERS = "/api/v1/purchase_orders.php"
 PDF = "/print_po.php"
@@ -207,23 +207,7 @@ def test_debug_run_prints_no_token_secret_or_link_token(
     sim: Simulator, make_config: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """log_level = debug, a refresh, PDFs: no issued token, client secret or link token shows."""
-    issued: list[str] = []
-    link_tokens: list[str] = []
-    state = sim._state
-    real_issue, real_query = state.issue_tokens, state.pdf_query
-
-    def record_issue() -> Any:
-        pair = real_issue()
-        issued.extend([pair.access_token, pair.refresh_token])
-        return pair
-
-    def record_query(order: Any) -> str:
-        query = real_query(order)
-        link_tokens.append(re.search(r"token=([^&]+)", query).group(1))  # type: ignore[union-attr]
-        return query
-
-    monkeypatch.setattr(state, "issue_tokens", record_issue)
-    monkeypatch.setattr(state, "pdf_query", record_query)
+    planted = record_secrets(sim, monkeypatch)
     setup = make_config(sim, max_attempts=2)
     text = setup.path.read_text().replace('log_level = "info"', 'log_level = "debug"')
     setup.path.write_text(text)
@@ -237,9 +221,14 @@ def test_debug_run_prints_no_token_secret_or_link_token(
     outputs.append(run_syncd(setup, "run", "--once"))
     assert [r.code for r in outputs] == [0, 0, 0, 4], [r.output for r in outputs]
     assert any('"level": "debug"' in r.output for r in outputs)  # debug really was on
-    assert len(issued) == 6  # the fixture's pair, the bootstrap refresh, the forced one
-    assert len(link_tokens) >= 80
-    secrets = {sim.client_secret, setup.env["SYNCD_REFRESH_TOKEN"], *issued, *link_tokens}
+    assert len(planted.issued) == 6  # the fixture's pair, the bootstrap refresh, the forced one
+    assert len(planted.link_tokens) >= 80
+    secrets = {
+        sim.client_secret,
+        setup.env["SYNCD_REFRESH_TOKEN"],
+        *planted.issued,
+        *planted.link_tokens,
+    }
     for result in outputs:
         assert "Traceback" not in result.output
         for secret in secrets:

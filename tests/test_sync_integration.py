@@ -8,7 +8,6 @@ the one line printed on failure.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from syncd.simulator import Simulator
-from tests.conftest import CliResult, Setup, read_events, run_syncd, start_syncd
+from tests.conftest import CliResult, Setup, read_events, record_secrets, run_syncd, start_syncd
 
 ORDERS_PATH = "/api/v1/purchase_orders.php"
 CHECKIN_PATH = "/api/v1/item_checkin.php"
@@ -358,23 +357,7 @@ def test_secrets_never_reach_the_output(
     sim: Simulator, make_config: Callable[..., Setup], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No client secret, token or pdf_url token shows in output, events or status --json."""
-    issued: list[str] = []
-    pdf_queries: list[str] = []
-    state = sim._state
-    real_issue, real_query = state.issue_tokens, state.pdf_query
-
-    def record_issue() -> Any:
-        pair = real_issue()
-        issued.extend([pair.access_token, pair.refresh_token])
-        return pair
-
-    def record_query(order: Any) -> str:
-        query = real_query(order)
-        pdf_queries.append(query)
-        return query
-
-    monkeypatch.setattr(state, "issue_tokens", record_issue)
-    monkeypatch.setattr(state, "pdf_query", record_query)
+    planted = record_secrets(sim, monkeypatch)
 
     setup = make_config(sim)
     outputs = [run_syncd(setup, "run", "--once")]
@@ -392,9 +375,15 @@ def test_secrets_never_reach_the_output(
         for r in sim.stats.requests
         if "authorization" in r.headers
     }
-    pdf_tokens = {re.search(r"token=([^&]+)", q).group(1) for q in pdf_queries}  # type: ignore[union-attr]
-    secrets = {sim.client_secret, setup.env["SYNCD_REFRESH_TOKEN"], *issued, *bearer, *pdf_tokens}
-    assert len(issued) == 6
+    pdf_tokens = set(planted.link_tokens)
+    secrets = {
+        sim.client_secret,
+        setup.env["SYNCD_REFRESH_TOKEN"],
+        *planted.issued,
+        *bearer,
+        *pdf_tokens,
+    }
+    assert len(planted.issued) == 6
     assert len(bearer) == 2
     assert len(pdf_tokens) >= 20
     texts = [r.output for r in outputs] + [setup.events_file.read_text()]
