@@ -377,14 +377,16 @@ class InventoryArtsClient:
                 raise AuthError(
                     f"{endpoint}: access token rejected even after a refresh", status_code=401
                 )
-            retry_after = parse_retry_after(
-                response.headers.get("retry-after"), datetime.fromtimestamp(self._clock(), UTC)
-            )
-            error = classify_status(
-                response.status_code, endpoint, retry_after, error_detail(response)
-            )
-            if error is not None:
-                raise error
+            if not response.is_success:  # only an error's body is read for its detail
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"),
+                    datetime.fromtimestamp(self._clock(), UTC),
+                )
+                error = classify_status(
+                    response.status_code, endpoint, retry_after, error_detail(response)
+                )
+                if error is not None:
+                    raise error
             return parse_json(response, endpoint)
 
         return self._retrying(attempt)

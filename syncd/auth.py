@@ -104,6 +104,9 @@ class TokenManager:
         self._clock = clock
         self._margin = margin
         self._lock = threading.Lock()
+        # The last access token read or issued, and its expiry: a quiet poll needs no
+        # database read while it stays fresh. The row stays the truth for refreshes.
+        self._cached: tuple[str, datetime] | None = None
         self._log = get_logger(connection=auth.name, job="auth")
         secrets.add(auth.client_secret)
         secrets.add(auth.bootstrap_refresh_token)
@@ -115,18 +118,27 @@ class TokenManager:
 
     def access_token(self) -> str:
         """A usable access token, refreshed first when it is about to expire."""
+        cached = self._cached
+        if cached is not None and cached[1] - timedelta(seconds=self._margin) > self._now():
+            return cached[0]
         token = tokens.load(self._db, self._auth.name)
         if token is not None:
             self._check_usable(token)
             # A refresh in doubt is settled by its retry before anything else.
             if token.refresh_in_doubt_since is None and is_fresh(token, self._now(), self._margin):
-                assert token.access_token is not None
-                secrets.add(token.access_token)
-                return token.access_token
+                return self._remember(token.access_token, token.expires_at)
         return self._refresh(stale_access=None)
+
+    def _remember(self, access_token: str | None, expires_at: datetime | None) -> str:
+        assert access_token is not None
+        assert expires_at is not None
+        secrets.add(access_token)
+        self._cached = (access_token, expires_at)
+        return access_token
 
     def refresh_after_401(self, rejected: str) -> str:
         """The API refused ``rejected``: refresh once (unless another caller just did)."""
+        self._cached = None
         return self._refresh(stale_access=rejected)
 
     def _check_usable(self, token: tokens.StoredToken) -> None:
@@ -147,6 +159,7 @@ class TokenManager:
     def _refresh(self, stale_access: str | None) -> str:
         name = self._auth.name
         failure: ApiError | None = None
+        self._cached = None
         with self._lock:
             now = self._now()
             with tokens.locked(
@@ -166,9 +179,7 @@ class TokenManager:
                     and token.access_token != stale_access
                     and is_fresh(token, now, self._margin)
                 ):
-                    assert token.access_token is not None
-                    secrets.add(token.access_token)
-                    return token.access_token
+                    return self._remember(token.access_token, token.expires_at)
                 if not token.refresh_token:
                     raise AuthError(
                         f"connection '{name}' has an expired access token and no refresh "
@@ -218,7 +229,7 @@ class TokenManager:
             self._log.warning("token refresh in doubt", error=str(failure))
             raise failure
         self._log.info("access token refreshed", expires_in=pair.expires_in)
-        return pair.access_token
+        return self._remember(pair.access_token, now + timedelta(seconds=pair.expires_in))
 
     def _reject(
         self,

@@ -20,20 +20,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from syncd.api import InventoryArtsClient, RetryPolicy, api_http_client, tls_context
-from syncd.auth import REFRESH_PATH, ConnectionAuth, TokenManager
+from syncd.auth import REFRESH_PATH, ConnectionAuth, TokenManager, reauthorize_hint
 from syncd.config import Config, ConnectionConfig
 from syncd.diff import next_poll_delay
 from syncd.errors import ApiError, AuthError, PdfUnavailable, SinkUnavailable, SyncdError
-from syncd.health import HealthServer, Metrics, WatchedConnection, readiness
 from syncd.leases import CONNECTION, SINK, LocalLeases, PostgresLeases, leases_for
 from syncd.logging import get_logger, secrets
 from syncd.outbox import Channel, Dispatcher
@@ -41,7 +36,7 @@ from syncd.pdfs import Archiver
 from syncd.poller import outcome_of, poll_connection
 from syncd.progress import RunProgress
 from syncd.sinks.base import Sink, sink_class
-from syncd.store import outbox, pdf_jobs
+from syncd.store import outbox, pdf_jobs, tokens
 from syncd.store.database import (
     Database,
     InstanceLock,
@@ -51,6 +46,9 @@ from syncd.store.database import (
 )
 from syncd.store.state import load_state
 from syncd.systemd import Notifier
+
+if TYPE_CHECKING:
+    from syncd.health import HealthServer
 
 SHUTDOWN_GRACE_SECONDS = 5.0  # in-flight work may finish this long after SIGTERM
 SHUTDOWN_CANCEL_SECONDS = 2.0  # then downloads are cancelled and get this long to clean up
@@ -293,6 +291,12 @@ class Daemon:
         channels: list[Channel] | None = None,
         notifier: Notifier | None = None,
     ):
+        # Daemon-only libraries are imported here, off the `run --once` start-up path.
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from syncd.health import Metrics
+
         self.config = config
         self.db = db
         self.stop_event = threading.Event()
@@ -381,7 +385,12 @@ class Daemon:
         when = datetime.now(UTC)
         if last is not None:
             when = max(when, last + timedelta(seconds=connection.poll_interval))
-        with contextlib.suppress(JobLookupError):
+        self._reschedule_poll(name, when)
+
+    def _reschedule_poll(self, name: str, when: datetime) -> None:
+        from apscheduler.jobstores.base import JobLookupError
+
+        with contextlib.suppress(JobLookupError):  # removed by a concurrent shutdown
             self.scheduler.modify_job(f"poll:{name}", next_run_time=when)
 
     def poll_job(self, connection: ConnectionConfig) -> None:
@@ -399,6 +408,8 @@ class Daemon:
             return
         except ApiError as exc:
             outcome = outcome_of(exc)
+            if isinstance(exc, AuthError):
+                self.runtime.dispatcher.wake()  # connection.auth_failed may have been written
             if exc.retry_after is not None and exc.retry_after > connection.poll_interval:
                 delay = exc.retry_after  # the server asked us to stay away that long
         except Exception as exc:  # the daemon outlives a failed poll; the next one retries
@@ -417,9 +428,7 @@ class Daemon:
         self.metrics.polls.labels(connection.name, outcome).inc()
         self.metrics.poll_duration.labels(connection.name).observe(time.monotonic() - started)
         if delay is not None and not self.stop_event.is_set():
-            when = datetime.now(UTC) + timedelta(seconds=delay)
-            with contextlib.suppress(JobLookupError):  # removed by a concurrent shutdown
-                self.scheduler.modify_job(f"poll:{connection.name}", next_run_time=when)
+            self._reschedule_poll(connection.name, datetime.now(UTC) + timedelta(seconds=delay))
 
     # -- health --
 
@@ -429,6 +438,8 @@ class Daemon:
         return ok, {"alive": ok, "heartbeat_age_seconds": round(age, 3)}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
+        from syncd.health import WatchedConnection, readiness
+
         watched = [WatchedConnection(c.name, c.poll_interval) for c in self.config.connections]
         return readiness(self.db, watched, datetime.fromtimestamp(self._clock(), UTC))
 
@@ -438,10 +449,13 @@ class Daemon:
         now = datetime.now(UTC)
         listen = self.config.daemon.listen
         if listen:
+            from syncd.health import HealthServer
+
             self.health = HealthServer(
                 listen, alive=self.alive, ready=self.ready, metrics=self.metrics.render
             )
         self.leases.rebalance()
+        self._warn_unauthorized()
         # A stable offset per connection spreads polls over the interval, so many
         # connections (and restarts) do not all poll at the same instant.
         spread_window = max(START_SPREAD_SECONDS, 0.25 * len(self.config.connections))
@@ -450,7 +464,8 @@ class Daemon:
             offset = (zlib.crc32(connection.name.encode()) % 1000) / 1000 * spread
             self.scheduler.add_job(
                 self._tracked(self.poll_job),
-                IntervalTrigger(seconds=connection.poll_interval, timezone=UTC),
+                "interval",
+                seconds=connection.poll_interval,
                 args=[connection],
                 id=f"poll:{connection.name}",
                 name=f"poll {connection.name}",
@@ -463,7 +478,8 @@ class Daemon:
         self.scheduler.add_job(
             self.lease_job,
             # Twice per poll interval: a dead process's connections move within one.
-            IntervalTrigger(seconds=max(0.25, min(LEASE_SECONDS, shortest / 2)), timezone=UTC),
+            "interval",
+            seconds=max(0.25, min(LEASE_SECONDS, shortest / 2)),
             id="leases",
             executor="leases",
             max_instances=1,
@@ -471,7 +487,8 @@ class Daemon:
         )
         self.scheduler.add_job(
             self.heartbeat,
-            IntervalTrigger(seconds=self.heartbeat_interval(), timezone=UTC),
+            "interval",
+            seconds=self.heartbeat_interval(),
             id="heartbeat",
             executor="heartbeat",
             max_instances=1,
@@ -507,6 +524,17 @@ class Daemon:
             sinks=[c.name for c in self.runtime.dispatcher.channels],
             listen=self.health.address if self.health else None,
         )
+
+    def _warn_unauthorized(self) -> None:
+        """Polls repeat a known failure at debug level only: say it once per start."""
+        for connection in self.config.connections:
+            token = tokens.load(self.db, connection.name)
+            if token is not None and token.needs_authorization:
+                get_logger(connection=connection.name, job="auth").warning(
+                    "connection needs authorization",
+                    error=token.auth_error,
+                    hint=reauthorize_hint(connection.name),
+                )
 
     def request_stop(self, *_: object) -> None:
         self.stop_event.set()

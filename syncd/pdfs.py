@@ -4,9 +4,11 @@ Jobs are taken earliest deadline first, ``[pdfs] concurrency`` at a time. A PDF 
 streamed (memory stays flat whatever its size) into a temporary file inside the pdf
 dir, hashed on the way, checked (``%PDF-`` at the start, ``%%EOF`` at the end, at most
 ``max_bytes``), fsynced, and renamed into ``<connection>/<order id>/<sha256>.pdf`` —
-names never come from server text, and identical content is stored once. The download
-client carries no Authorization header and follows redirects only within the link's own
-origin, so the bearer token never leaves the API origin.
+names never come from server text, and identical content is stored once. The rename is
+made durable (the directory fsynced, and the parent of any directory just created)
+before the job's ``pdf_archived`` commits. The download client carries no Authorization
+header and follows redirects only within the link's own origin, so the bearer token
+never leaves the API origin.
 
 What to do after a failed download is decided by :func:`after_failure` (pure).
 """
@@ -38,7 +40,10 @@ from syncd.store import pdf_jobs
 from syncd.store.database import Database, database_outage, make_private_dir
 from syncd.store.pdf_jobs import PdfJob
 
-CHUNK_SIZE = 1 << 16
+# Start the disk write of every this many bytes while the rest arrives (Linux), so the
+# fsync at the end waits for about one window instead of the whole file; the written
+# pages also leave the page cache instead of crowding it.
+WRITEBACK_WINDOW = 1 << 20
 DOWNLOAD_TIMEOUT_SECONDS = 600.0  # one PDF, start to end
 MAX_REDIRECTS = 5
 BACKOFF_BASE = 1.0
@@ -151,6 +156,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs(pdf_dir: Path, relative_dir: str) -> list[Path]:
+    """Create ``pdf_dir/relative_dir`` as needed (0700); return the directories that
+    gained an entry (the parent of each one created), which need an fsync too."""
+    changed = []
+    path = pdf_dir
+    for part in Path(relative_dir).parts:
+        child = path / part
+        try:
+            child.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        else:
+            changed.append(path)
+        path = child
+    return changed
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _start_writeback(fd: int, offset: int) -> None:
+    """Have the kernel start writing the file's dirty pages from ``offset`` on without
+    waiting for them (on Linux POSIX_FADV_DONTNEED starts the writeback, then drops the
+    pages already clean). Only a hint: where it is missing or refused, the fsync at the
+    end does all the work, as it would anyway."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, 0, os.POSIX_FADV_DONTNEED)
+
+
 def _open_response(http: httpx.Client, url: str) -> httpx.Response:
     """GET ``url`` following redirects only within its origin; the caller closes it."""
     origin = _origin(url)
@@ -201,6 +239,8 @@ def download_pdf(
     temp = pdf_dir / _temp_name()
     digest = hashlib.sha256()
     size = 0
+    submitted = 0  # bytes whose writeback has been started
+    dropped = 0  # and before this offset, also dropped from the page cache (once clean)
     head = b""
     tail = b""
     try:
@@ -209,15 +249,17 @@ def download_pdf(
             stack.callback(response.close)
             _check_status(response, datetime.now(UTC))
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            out = stack.enter_context(os.fdopen(fd, "wb"))
-            for chunk in response.iter_bytes(CHUNK_SIZE):
+            stack.callback(os.close, fd)
+            # Chunks as they come off the connection (decoded): re-chunking would copy
+            # every byte once more. The writes are unbuffered: each chunk is large.
+            for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
                     raise DownloadFailed(
                         f"larger than max_bytes ({max_bytes})", reason="too_large", kind="final"
                     )
                 if len(head) < len(PDF_MAGIC):
-                    head = (head + chunk)[: len(PDF_MAGIC)]
+                    head = (head + chunk[: len(PDF_MAGIC)])[: len(PDF_MAGIC)]
                     if len(head) == len(PDF_MAGIC) and head != PDF_MAGIC:
                         raise DownloadFailed(
                             "the body is not a PDF", reason="not_pdf", kind="retry"
@@ -226,13 +268,16 @@ def download_pdf(
                     raise DownloadFailed("download timed out", reason="timeout", kind="retry")
                 if cancelled():
                     raise DownloadCancelled
-                tail = (tail + chunk)[-TRAILER_WINDOW:]
+                tail = (tail + chunk[-TRAILER_WINDOW:])[-TRAILER_WINDOW:]
                 digest.update(chunk)
-                out.write(chunk)
+                _write_all(fd, chunk)
+                if size - submitted >= WRITEBACK_WINDOW:
+                    # From the window before on: that one's pages are written by now.
+                    _start_writeback(fd, dropped)
+                    dropped, submitted = submitted, size
             if head != PDF_MAGIC or PDF_TRAILER not in tail:
                 raise DownloadFailed("the body is not a whole PDF", reason="not_pdf", kind="retry")
-            out.flush()
-            os.fsync(out.fileno())
+            os.fsync(fd)
     except httpx.TimeoutException:
         temp.unlink(missing_ok=True)
         raise DownloadFailed("PDF host timed out", reason="timeout", kind="retry") from None
@@ -247,12 +292,20 @@ def download_pdf(
     sha256 = digest.hexdigest()
     relative = f"{relative_dir}/{sha256}.pdf"
     final = pdf_dir / relative
-    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if final.exists():
-        temp.unlink()  # identical content is stored once
-    else:
-        os.replace(temp, final)
-        _fsync_dir(final.parent)
+    try:
+        changed = _make_dirs(pdf_dir, relative_dir)
+        if final.exists():
+            temp.unlink()  # identical content is stored once
+        else:
+            os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    # Durable before the caller commits pdf_archived: the entry (also when an earlier
+    # attempt renamed it and died before this fsync) and any directory created for it.
+    _fsync_dir(final.parent)
+    for directory in changed:
+        _fsync_dir(directory)
     return StoredPdf(sha256, size, relative)
 
 

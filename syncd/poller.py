@@ -15,9 +15,7 @@ from syncd.errors import ApiError, AuthError, RateLimited
 from syncd.logging import get_logger
 from syncd.store.database import Database
 from syncd.store.mirror import PollOutcome, apply_poll
-from syncd.store.state import record_failure
-
-OK = "ok"
+from syncd.store.state import OK, record_failure
 
 
 def outcome_of(error: ApiError) -> str:

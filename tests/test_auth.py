@@ -66,6 +66,30 @@ def test_fresh_token_is_reused(sim: Simulator, manager: Callable[..., TokenManag
     assert sim.stats.refresh_calls == 1
 
 
+def test_fresh_token_is_served_from_memory(
+    sim: Simulator, manager: Callable[..., TokenManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the access token is fresh, a poll reads no token row."""
+    tm = manager(str(sim.issue_tokens()["refresh_token"]))
+    first = tm.access_token()
+    reads: list[str] = []
+    load = tokens.load
+    monkeypatch.setattr(tokens, "load", lambda db, name: reads.append(name) or load(db, name))
+    assert [tm.access_token() for _ in range(3)] == [first] * 3
+    assert reads == []
+
+
+def test_rejected_token_is_not_served_from_memory(
+    sim: Simulator, manager: Callable[..., TokenManager]
+) -> None:
+    """After a 401 the remembered token is dropped and a new one is used."""
+    tm = manager(str(sim.issue_tokens()["refresh_token"]))
+    first = tm.access_token()
+    second = tm.refresh_after_401(first)
+    assert second != first
+    assert tm.access_token() == second
+
+
 def test_refresh_before_expiry(sim: Simulator, manager: Callable[..., TokenManager]) -> None:
     """Within five minutes of expiry the token is refreshed proactively."""
     now = [time.time()]

@@ -1,4 +1,4 @@
-"""The pure diff: created/updated/unchanged, the change hash, and gap detection."""
+"""The pure diff: created/updated/unchanged, the content key, and gap detection."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from syncd.diff import (
     ChangeKind,
     FieldChange,
     MirroredOrder,
-    content_hash,
+    content_key,
     detect_gap,
     diff_order,
     diff_window,
@@ -54,9 +54,9 @@ def test_new_pdf_token_is_no_change() -> None:
     assert change.version == 3
 
 
-def test_hash_ignores_pdf_url() -> None:
-    """The change hash covers business fields only."""
-    assert content_hash(order(pdf_url="a")) == content_hash(order(pdf_url="b"))
+def test_content_key_ignores_pdf_url() -> None:
+    """The content key covers business fields only."""
+    assert content_key(order(pdf_url="a")) == content_key(order(pdf_url="b"))
 
 
 def test_rerendered_total_is_no_change() -> None:

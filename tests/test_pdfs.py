@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -14,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from syncd import pdfs
 from syncd.config import Config
 from syncd.daemon import run_once
 from syncd.errors import PdfUnavailable
 from syncd.pdfs import (
+    WRITEBACK_WINDOW,
     DownloadFailed,
     after_failure,
     download_pdf,
@@ -142,6 +145,77 @@ def test_truncated_pdf_is_not_archived(tmp_path: Path) -> None:
         )
     assert info.value.reason == "not_pdf"
     assert list(tmp_path.rglob("*")) == []
+
+
+def _fetch(body: list[bytes], pdf_dir: Path, relative_dir: str = "c/1") -> pdfs.StoredPdf:
+    return download_pdf(
+        _client(lambda r: httpx.Response(200, content=iter(body))),
+        "http://pdf.test/a.pdf",
+        pdf_dir,
+        relative_dir,
+        max_bytes=10 * 1024 * 1024,
+        deadline=time.monotonic() + 10,
+    )
+
+
+def test_magic_and_trailer_split_across_chunks(tmp_path: Path) -> None:
+    """%PDF- and %%EOF are found however the body is cut into chunks."""
+    body = [b"%P", b"D", b"F-1.4\n" + b"x" * 5000 + b"%%E", b"O", b"F\n"]
+    stored = _fetch(body, tmp_path)
+    data = b"".join(body)
+    assert (tmp_path / stored.path).read_bytes() == data
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.size == len(data)
+    with pytest.raises(DownloadFailed) as info:
+        _fetch([b"%P", b"DX-1.4\n%%EOF"], tmp_path)
+    assert info.value.reason == "not_pdf"
+    trailer_too_early = [b"%PDF-1.4\n%%EOF\n", b"x" * 2000]
+    with pytest.raises(DownloadFailed) as info:
+        _fetch(trailer_too_early, tmp_path)
+    assert info.value.reason == "not_pdf"
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [Path(stored.path).name]
+
+
+def test_new_directories_and_the_rename_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before download_pdf returns (and the job commits), the file's directory is
+    fsynced, and so is the parent of every directory created for it."""
+    synced: list[Path] = []
+    monkeypatch.setattr(pdfs, "_fsync_dir", synced.append)
+    body = [b"%PDF-1.4\n", b"1\n%%EOF\n"]
+    _fetch(body, tmp_path, "c/1")
+    assert sorted(synced) == sorted([tmp_path / "c" / "1", tmp_path / "c", tmp_path])
+    synced.clear()
+    _fetch([b"%PDF-1.4\n", b"2\n%%EOF\n"], tmp_path, "c/2")
+    assert sorted(synced) == sorted([tmp_path / "c" / "2", tmp_path / "c"])
+    synced.clear()
+    _fetch(body, tmp_path, "c/1")  # already stored: its entry is made durable all the same
+    assert synced == [tmp_path / "c" / "1"]
+    assert oct((tmp_path / "c").stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_writeback_starts_while_the_body_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every WRITEBACK_WINDOW bytes the disk write is started, the file stays exact."""
+    started: list[int] = []
+    real = pdfs._start_writeback
+
+    def start_writeback(fd: int, offset: int) -> None:
+        started.append(offset)
+        real(fd, offset)
+
+    monkeypatch.setattr(pdfs, "_start_writeback", start_writeback)
+    body = [b"%PDF-1.4\n"] + [bytes([i % 251]) * 65536 for i in range(50)] + [b"\n%%EOF\n"]
+    stored = _fetch(body, tmp_path)
+    data = b"".join(body)
+    assert (tmp_path / stored.path).read_bytes() == data
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(started) == len(data) // WRITEBACK_WINDOW
+    # Each call reaches back to the window before (its pages are clean by now: dropped).
+    assert started[:2] == [0, 0]
+    assert all(b - a >= WRITEBACK_WINDOW for a, b in itertools.pairwise(started[1:]))
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:

@@ -163,6 +163,17 @@ def test_failure_then_recovery_is_recorded(db: Database) -> None:
     assert load_state(db, "band")["failing_since"] is None  # type: ignore[index]
 
 
+def test_success_after_success_updates_the_poll_times(db: Database) -> None:
+    """A quiet poll after a good one reports "ok" before it and moves both poll times."""
+    assert apply_poll(db, "band", orders(range(1, 3)), T0).previous_outcome is None
+    later = T0 + timedelta(minutes=1)
+    assert apply_poll(db, "band", orders(range(1, 3)), later).previous_outcome == "ok"
+    state = load_state(db, "band")
+    assert state is not None
+    assert (state["last_poll_at"], state["last_success_at"]) == (later, later)
+    assert (state["last_outcome"], state["last_error"], state["gap_open"]) == ("ok", None, False)
+
+
 def test_cursor_never_moves_back(db: Database) -> None:
     """Advancing to an older position keeps the newer one."""
     outbox.advance_cursor(db, "s", 10, 10, T0)

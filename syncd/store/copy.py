@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import Table, func, select, tuple_
-from sqlmodel import SQLModel
 
-import syncd.store.schema  # noqa: F401  (registers every table on the metadata)
 from syncd.errors import ConfigError
 from syncd.store.database import Database
+from syncd.store.schema import metadata
 
 BATCH = 2000
 # Tables whose integer key comes from a sequence on PostgreSQL.
@@ -22,7 +21,7 @@ SEQUENCES = {"outbox": "seq", "dead_letters": "id"}
 
 
 def _tables() -> list[Table]:
-    return list(SQLModel.metadata.sorted_tables)
+    return list(metadata.sorted_tables)
 
 
 def copy_database(

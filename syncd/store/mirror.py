@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from syncd.diff import ChangeKind, MirroredOrder, OrderChange, detect_gap, diff_window
 from syncd.events import gap_event, order_events
@@ -18,10 +18,33 @@ from syncd.records import PurchaseOrder
 from syncd.store import pdf_jobs
 from syncd.store.database import Database, lock_connection_for_poll
 from syncd.store.outbox import append_events
-from syncd.store.schema import PurchaseOrderRow
-from syncd.store.state import previous_outcome, save_state
+from syncd.store.schema import PURCHASE_ORDERS
+from syncd.store.state import record_success
 
-MIRROR = PurchaseOrderRow.__table__  # type: ignore[attr-defined]
+MIRROR = PURCHASE_ORDERS
+
+# Built once: a quiet poll runs these every time, and building them costs more than
+# running them.
+_MIRRORED = select(
+    MIRROR.c.id,
+    MIRROR.c.po_number,
+    MIRROR.c.vendor_name,
+    MIRROR.c.grand_total,
+    MIRROR.c.status,
+    MIRROR.c.items_summary,
+    MIRROR.c.version,
+).where(
+    MIRROR.c.connection == bindparam("b_connection"),
+    MIRROR.c.id.in_(bindparam("b_ids", expanding=True)),
+)
+_SEEN = (
+    update(MIRROR)
+    .where(
+        MIRROR.c.connection == bindparam("b_connection"),
+        MIRROR.c.id.in_(bindparam("b_ids", expanding=True)),
+    )
+    .values(last_seen_at=bindparam("b_now"))
+)
 
 
 @dataclass(frozen=True)
@@ -39,17 +62,7 @@ class PollOutcome:
 def _mirrored(conn: Connection, connection: str, ids: list[int]) -> dict[int, MirroredOrder]:
     if not ids:
         return {}
-    rows = conn.execute(
-        select(
-            MIRROR.c.id,
-            MIRROR.c.po_number,
-            MIRROR.c.vendor_name,
-            MIRROR.c.grand_total,
-            MIRROR.c.status,
-            MIRROR.c.items_summary,
-            MIRROR.c.version,
-        ).where(MIRROR.c.connection == connection, MIRROR.c.id.in_(ids))
-    )
+    rows = conn.execute(_MIRRORED, {"b_connection": connection, "b_ids": ids})
     return {row.id: MirroredOrder(*row) for row in rows}
 
 
@@ -91,11 +104,7 @@ def _write_changes(
             )
     unchanged = [c.order.id for c in changes if c.kind is ChangeKind.UNCHANGED]
     if unchanged:
-        conn.execute(
-            update(MIRROR)
-            .where(MIRROR.c.connection == connection, MIRROR.c.id.in_(unchanged))
-            .values(last_seen_at=now)
-        )
+        conn.execute(_SEEN, {"b_connection": connection, "b_ids": unchanged, "b_now": now})
 
 
 def apply_poll(
@@ -120,19 +129,7 @@ def apply_poll(
             events.append(gap_event(connection, ids, int(known_before), now))
         _write_changes(conn, connection, changes, now)
         append_events(conn, events, now)
-        previous = previous_outcome(conn, connection)
-        save_state(
-            conn,
-            connection,
-            {
-                "last_poll_at": now,
-                "last_outcome": "ok",
-                "last_error": None,
-                "last_success_at": now,
-                "failing_since": None,
-                "gap_open": gap,
-            },
-        )
+        previous = record_success(conn, connection, now, gap)
     return PollOutcome(
         returned=len(orders),
         created=sum(c.kind is ChangeKind.CREATED for c in changes),

@@ -14,12 +14,10 @@ from sqlalchemy import Connection, func, select, text, update
 
 from syncd.events import Event, StoredEvent
 from syncd.store.database import OUTBOX_LOCK_KEY, Database
-from syncd.store.schema import DeadLetterRow, OutboxRow, SinkCursorRow
+from syncd.store.schema import DEAD_LETTERS, OUTBOX, SINK_CURSORS
 from syncd.store.sql import insert_ignore
 
-OUTBOX = OutboxRow.__table__  # type: ignore[attr-defined]
-CURSORS = SinkCursorRow.__table__  # type: ignore[attr-defined]
-DEAD_LETTERS = DeadLetterRow.__table__  # type: ignore[attr-defined]
+CURSORS = SINK_CURSORS
 
 
 def append_events(conn: Connection, events: Sequence[Event], now: datetime) -> None:

@@ -15,20 +15,28 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
 from syncd.diff import ChangeKind, OrderChange
 from syncd.events import Event, pdf_archived_event, pdf_failed_event
 from syncd.records import PurchaseOrder
 from syncd.store.database import Database
 from syncd.store.outbox import append_events
-from syncd.store.schema import PdfJobRow
+from syncd.store.schema import PDF_JOBS
 
-JOBS = PdfJobRow.__table__  # type: ignore[attr-defined]
+JOBS = PDF_JOBS
 LINK_LIFETIME = timedelta(hours=1)  # the vendor's promise for a pdf_url
 LINK_MARGIN = timedelta(minutes=5)  # stop using a link this long before it dies
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+
+# Every poll reads its connection's pending jobs: built once.
+_PENDING_JOBS = select(
+    JOBS.c.order_id, JOBS.c.version, JOBS.c.url, JOBS.c.deadline, JOBS.c.retries
+).where(JOBS.c.connection == bindparam("b_connection"), JOBS.c.state == PENDING)
+# A job being downloaded is locked by its archiver: leave it to that archiver rather
+# than wait for the download to end.
+_PENDING_JOBS_SKIP_LOCKED = _PENDING_JOBS.with_for_update(skip_locked=True)
 
 
 @dataclass(frozen=True)
@@ -71,14 +79,9 @@ def on_poll(
 
     Returns the events to append (``pdf_failed`` for superseded and expired jobs).
     """
-    stmt = select(
-        JOBS.c.order_id, JOBS.c.version, JOBS.c.url, JOBS.c.deadline, JOBS.c.retries
-    ).where(JOBS.c.connection == connection, JOBS.c.state == PENDING)
-    if conn.dialect.name == "postgresql":
-        # A job being downloaded is locked by its archiver: leave it to that archiver
-        # rather than wait for the download to end.
-        stmt = stmt.with_for_update(skip_locked=True)
-    pending = {(row.order_id, row.version): row for row in conn.execute(stmt)}
+    stmt = _PENDING_JOBS_SKIP_LOCKED if conn.dialect.name == "postgresql" else _PENDING_JOBS
+    rows = conn.execute(stmt, {"b_connection": connection})
+    pending = {(row.order_id, row.version): row for row in rows}
     returned = {order.id: order for order in orders}
     events: list[Event] = []
     new_jobs = []

@@ -6,25 +6,56 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select, update
 
 from syncd.store.database import Database
-from syncd.store.schema import ConnectionStateRow
+from syncd.store.schema import CONNECTION_STATE
 from syncd.store.sql import upsert
 
-STATE = ConnectionStateRow.__table__  # type: ignore[attr-defined]
+STATE = CONNECTION_STATE
 
 
-def previous_outcome(conn: Connection, connection: str) -> str | None:
-    value = conn.execute(
-        select(STATE.c.last_outcome).where(STATE.c.connection == connection)
-    ).scalar()
-    return None if value is None else str(value)
+OK = "ok"
+
+_LAST_OUTCOME = select(STATE.c.last_outcome).where(STATE.c.connection == bindparam("b_connection"))
+# A success after a success: error and failing_since are already clear.
+_OK_AGAIN = (
+    update(STATE)
+    .where(STATE.c.connection == bindparam("b_connection"), STATE.c.last_outcome == OK)
+    .values(
+        last_poll_at=bindparam("b_now"),
+        last_success_at=bindparam("b_now"),
+        gap_open=bindparam("b_gap"),
+    )
+)
 
 
 def save_state(conn: Connection, connection: str, values: Mapping[str, Any]) -> None:
     row = {"connection": connection, "gap_open": False, **values}
     upsert(conn, STATE, row, keys=["connection"])
+
+
+def record_success(conn: Connection, connection: str, now: datetime, gap: bool) -> str | None:
+    """Store a successful poll; return the outcome before it (to log "recovered" once).
+
+    The steady state, a success after a success, is one UPDATE."""
+    params = {"b_connection": connection, "b_now": now, "b_gap": gap}
+    if conn.execute(_OK_AGAIN, params).rowcount == 1:
+        return OK
+    value = conn.execute(_LAST_OUTCOME, params).scalar()
+    save_state(
+        conn,
+        connection,
+        {
+            "last_poll_at": now,
+            "last_outcome": OK,
+            "last_error": None,
+            "last_success_at": now,
+            "failing_since": None,
+            "gap_open": gap,
+        },
+    )
+    return None if value is None else str(value)
 
 
 def record_failure(

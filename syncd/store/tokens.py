@@ -30,13 +30,11 @@ from syncd.events import Event
 from syncd.logging import secrets
 from syncd.store.database import Database
 from syncd.store.outbox import append_events
-from syncd.store.schema import TokenRow
+from syncd.store.schema import TOKENS
 from syncd.store.sql import insert_ignore, upsert
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
-
-TOKENS = TokenRow.__table__  # type: ignore[attr-defined]
 
 TOKEN_KEY_ENV = "SYNCD_TOKEN_KEY"  # noqa: S105 - the name of the variable
 TOKEN_KEY_CREDENTIAL = "syncd_token_key"  # noqa: S105 - a file name

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlmodel import SQLModel
 
-import syncd.store.schema  # noqa: F401  (registers the tables on the metadata)
+from syncd.store import schema
 
 config = context.config
 connection = config.attributes.get("connection")
@@ -14,7 +13,7 @@ if connection is None:  # pragma: no cover - syncd always hands in a connection
 
 context.configure(
     connection=connection,
-    target_metadata=SQLModel.metadata,
+    target_metadata=schema.metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )
