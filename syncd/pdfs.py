@@ -419,6 +419,8 @@ class Archiver:
         is backing off anyway.
         """
         outcomes: list[Outcome] = []
+        if not pdf_jobs.any_due(self._db, self._now()):
+            return outcomes  # one query instead of a pool of workers finding nothing
         taken: set[pdf_jobs.JobKey] = set()
         lock = threading.Lock()
 

@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 
 from syncd.errors import AlreadyRunning
 from syncd.records import PurchaseOrder
-from syncd.store import outbox
+from syncd.store import outbox, pdf_jobs
 from syncd.store.database import (
     Database,
     InstanceLock,
@@ -172,6 +172,14 @@ def test_success_after_success_updates_the_poll_times(db: Database) -> None:
     assert state is not None
     assert (state["last_poll_at"], state["last_success_at"]) == (later, later)
     assert (state["last_outcome"], state["last_error"], state["gap_open"]) == ("ok", None, False)
+
+
+def test_any_due_sees_jobs_with_live_links_only(db: Database) -> None:
+    """A job is due while its link lives; none is due before a poll or after the link dies."""
+    assert not pdf_jobs.any_due(db, T0)
+    apply_poll(db, "band", orders(range(1, 3)), T0)
+    assert pdf_jobs.any_due(db, T0)
+    assert not pdf_jobs.any_due(db, T0 + timedelta(hours=1))
 
 
 def test_cursor_never_moves_back(db: Database) -> None:

@@ -159,6 +159,12 @@ def count_live(db: Database, now: datetime) -> int:
         return int(conn.execute(stmt).scalar_one())
 
 
+def any_due(db: Database, now: datetime) -> bool:
+    """True when some job can be worked now."""
+    with db.read() as conn:
+        return conn.execute(select(JOBS.c.order_id).where(_due(now)).limit(1)).first() is not None
+
+
 def next_wakeup(db: Database, now: datetime) -> datetime | None:
     """When the earliest backed-off job with a live link becomes due."""
     stmt = select(func.min(JOBS.c.next_attempt_at)).where(
