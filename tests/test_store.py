@@ -22,7 +22,7 @@ from syncd.store.database import (
     head_revision,
     open_database,
 )
-from syncd.store.mirror import MIRROR, apply_poll
+from syncd.store.mirror import ID_SLOTS, MIRROR, apply_poll, id_params
 from syncd.store.state import load_state, record_failure
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -95,6 +95,27 @@ def test_repeated_poll_is_quiet(db: Database) -> None:
     assert row["first_seen_at"] == T0
     assert row["updated_at"] == T0
     assert len(outbox.read_after(db, 0, 100)) == 3
+
+
+def test_window_larger_than_the_id_slots_is_diffed_whole(db: Database) -> None:
+    """More ids than one statement takes: every order is found and marked seen."""
+    window = orders(range(1, 2 * ID_SLOTS + 6))
+    apply_poll(db, "band", window, T0)
+    result = apply_poll(db, "band", window, T0 + timedelta(minutes=1))
+    assert (result.created, result.updated, result.gap_detected) == (0, 0, False)
+    seen = {row["last_seen_at"] for row in mirror_rows(db).values()}
+    assert seen == {T0 + timedelta(minutes=1)}
+
+
+def test_id_params_pad_the_last_set_with_its_last_id() -> None:
+    """Ids go out in fixed-size parameter sets; the short one repeats its last id."""
+    params = id_params(list(range(1, ID_SLOTS + 3)))
+    assert [sorted(set(p.values())) for p in params] == [
+        list(range(1, ID_SLOTS + 1)),
+        [ID_SLOTS + 1, ID_SLOTS + 2],
+    ]
+    assert all(len(p) == ID_SLOTS for p in params)
+    assert id_params([]) == []
 
 
 def test_change_is_an_update_with_version_2(db: Database) -> None:

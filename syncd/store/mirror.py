@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import BindParameter, Connection, bindparam, func, select, update
 
 from syncd.diff import ChangeKind, MirroredOrder, OrderChange, detect_gap, diff_window
 from syncd.events import gap_event, order_events
@@ -22,6 +22,23 @@ from syncd.store.schema import PURCHASE_ORDERS
 from syncd.store.state import record_success
 
 MIRROR = PURCHASE_ORDERS
+
+# The endpoint returns at most 20 orders. The statements below take the ids as exactly
+# this many parameters (a shorter list repeats its last id), so each compiles once; an
+# expanding IN would render new SQL on every execution.
+ID_SLOTS = 20
+_IDS: list[BindParameter[int]] = [bindparam(f"b_id{n}") for n in range(ID_SLOTS)]
+
+
+def id_params(ids: list[int]) -> list[dict[str, int]]:
+    """``ids`` as parameter sets of ``ID_SLOTS`` ids each, the last one padded."""
+    chunks = []
+    for start in range(0, len(ids), ID_SLOTS):
+        chunk = ids[start : start + ID_SLOTS]
+        chunk += chunk[-1:] * (ID_SLOTS - len(chunk))
+        chunks.append({f"b_id{n}": order_id for n, order_id in enumerate(chunk)})
+    return chunks
+
 
 # Built once: a quiet poll runs these every time, and building them costs more than
 # running them.
@@ -35,13 +52,13 @@ _MIRRORED = select(
     MIRROR.c.version,
 ).where(
     MIRROR.c.connection == bindparam("b_connection"),
-    MIRROR.c.id.in_(bindparam("b_ids", expanding=True)),
+    MIRROR.c.id.in_(_IDS),
 )
 _SEEN = (
     update(MIRROR)
     .where(
         MIRROR.c.connection == bindparam("b_connection"),
-        MIRROR.c.id.in_(bindparam("b_ids", expanding=True)),
+        MIRROR.c.id.in_(_IDS),
     )
     .values(last_seen_at=bindparam("b_now"))
 )
@@ -60,10 +77,11 @@ class PollOutcome:
 
 
 def _mirrored(conn: Connection, connection: str, ids: list[int]) -> dict[int, MirroredOrder]:
-    if not ids:
-        return {}
-    rows = conn.execute(_MIRRORED, {"b_connection": connection, "b_ids": ids})
-    return {row.id: MirroredOrder(*row) for row in rows}
+    mirrored = {}
+    for params in id_params(ids):
+        for row in conn.execute(_MIRRORED, {"b_connection": connection, **params}):
+            mirrored[row.id] = MirroredOrder(*row)
+    return mirrored
 
 
 def _mirror_empty(conn: Connection, connection: str) -> bool:
@@ -104,7 +122,10 @@ def _write_changes(
             )
     unchanged = [c.order.id for c in changes if c.kind is ChangeKind.UNCHANGED]
     if unchanged:
-        conn.execute(_SEEN, {"b_connection": connection, "b_ids": unchanged, "b_now": now})
+        conn.execute(
+            _SEEN,
+            [{"b_connection": connection, "b_now": now, **p} for p in id_params(unchanged)],
+        )
 
 
 def apply_poll(

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
@@ -130,13 +129,13 @@ def on_poll(
     return events
 
 
-def _due(now: datetime) -> Any:
-    return and_(
-        JOBS.c.state == PENDING,
-        JOBS.c.url.is_not(None),
-        JOBS.c.deadline > now,
-        or_(JOBS.c.next_attempt_at.is_(None), JOBS.c.next_attempt_at <= now),
-    )
+# Due: pending, with a live link, and not backing off.
+_DUE = and_(
+    JOBS.c.state == PENDING,
+    JOBS.c.url.is_not(None),
+    JOBS.c.deadline > bindparam("b_now"),
+    or_(JOBS.c.next_attempt_at.is_(None), JOBS.c.next_attempt_at <= bindparam("b_now")),
+)
 
 
 _JOB_COLUMNS = (
@@ -159,10 +158,41 @@ def count_live(db: Database, now: datetime) -> int:
         return int(conn.execute(stmt).scalar_one())
 
 
+# Run for every PDF: built once.
+_NEXT_DUE = (
+    select(*_JOB_COLUMNS)
+    .where(_DUE)
+    .order_by(JOBS.c.deadline, JOBS.c.connection, JOBS.c.order_id, JOBS.c.version)
+)
+_NEXT_DUE_LOOKAHEAD = _NEXT_DUE.limit(bindparam("b_limit"))
+_NEXT_DUE_SKIP_LOCKED = _NEXT_DUE.limit(1).with_for_update(skip_locked=True)
+_ANY_DUE = select(JOBS.c.order_id).where(_DUE).limit(1)
+_STILL_PENDING = and_(
+    JOBS.c.connection == bindparam("b_connection"),
+    JOBS.c.order_id == bindparam("b_order_id"),
+    JOBS.c.version == bindparam("b_version"),
+    JOBS.c.state == PENDING,
+)
+_COMPLETE = (
+    update(JOBS)
+    .where(_STILL_PENDING)
+    .values(
+        state=DONE,
+        sha256=bindparam("b_sha256"),
+        size=bindparam("b_size"),
+        path=bindparam("b_path"),
+        url=None,
+        next_attempt_at=None,
+        last_error=None,
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
 def any_due(db: Database, now: datetime) -> bool:
     """True when some job can be worked now."""
     with db.read() as conn:
-        return conn.execute(select(JOBS.c.order_id).where(_due(now)).limit(1)).first() is not None
+        return conn.execute(_ANY_DUE, {"b_now": now}).first() is not None
 
 
 def next_wakeup(db: Database, now: datetime) -> datetime | None:
@@ -178,13 +208,8 @@ def next_wakeup(db: Database, now: datetime) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-def _where(job: PdfJob) -> object:
-    return and_(
-        JOBS.c.connection == job.connection,
-        JOBS.c.order_id == job.order_id,
-        JOBS.c.version == job.version,
-        JOBS.c.state == PENDING,
-    )
+def _key(job: PdfJob) -> dict[str, object]:
+    return {"b_connection": job.connection, "b_order_id": job.order_id, "b_version": job.version}
 
 
 class Claim:
@@ -211,24 +236,15 @@ class Claim:
                 yield conn
 
     def _update(self, conn: Connection, **values: object) -> int:
-        stmt = update(JOBS).where(_where(self.job)).values(**values)  # type: ignore[arg-type]
-        return int(conn.execute(stmt).rowcount)
+        stmt = update(JOBS).where(_STILL_PENDING).values(**values)
+        return int(conn.execute(stmt, _key(self.job)).rowcount)
 
     def complete(self, sha256: str, size: int, path: str, now: datetime) -> bool:
         """Mark archived and emit ``pdf_archived``, once (False if it was no longer pending)."""
         job = self.job
+        params = {"b_sha256": sha256, "b_size": size, "b_path": path, "b_now": now}
         with self._write() as conn:
-            done = self._update(
-                conn,
-                state=DONE,
-                sha256=sha256,
-                size=size,
-                path=path,
-                url=None,
-                next_attempt_at=None,
-                last_error=None,
-                updated_at=now,
-            )
+            done = conn.execute(_COMPLETE, _key(job) | params).rowcount
             if done:
                 event = pdf_archived_event(
                     job.connection, job.order_id, job.version, sha256, size, path, now
@@ -240,7 +256,7 @@ class Claim:
         """Give up on the job for good and emit ``pdf_failed`` with ``reason``."""
         job = self.job
         with self._write() as conn:
-            pending = conn.execute(select(JOBS.c.order_id).where(_where(job))).first()  # type: ignore[arg-type]
+            pending = conn.execute(select(JOBS.c.order_id).where(_STILL_PENDING), _key(job)).first()
             if pending is None:
                 return False
             key = (job.connection, job.order_id, job.version, job.retries)
@@ -276,19 +292,14 @@ def claim_next(
     ``reserve(key)`` is this process's own bookkeeping: it returns False for a job one of
     its threads already took (SQLite has no row locks to say so).
     """
-    stmt = (
-        select(*_JOB_COLUMNS)
-        .where(_due(now))
-        .order_by(JOBS.c.deadline, JOBS.c.connection, JOBS.c.order_id, JOBS.c.version)
-    )
     if db.is_postgresql:
         with db.write() as conn:
-            row = conn.execute(stmt.limit(1).with_for_update(skip_locked=True)).first()
+            row = conn.execute(_NEXT_DUE_SKIP_LOCKED, {"b_now": now}).first()
             job = PdfJob(*row) if row else None
             yield Claim(db, job, conn) if job and reserve(job_key(job)) else None
         return
     with db.read() as conn:
-        rows = conn.execute(stmt.limit(lookahead)).all()
+        rows = conn.execute(_NEXT_DUE_LOOKAHEAD, {"b_now": now, "b_limit": lookahead}).all()
     job = next((PdfJob(*r) for r in rows if reserve((r[0], r[1], r[2]))), None)
     yield Claim(db, job, None) if job else None
 
