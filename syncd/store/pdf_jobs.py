@@ -36,6 +36,16 @@ _PENDING_JOBS = select(
 # A job being downloaded is locked by its archiver: leave it to that archiver rather
 # than wait for the download to end.
 _PENDING_JOBS_SKIP_LOCKED = _PENDING_JOBS.with_for_update(skip_locked=True)
+# Each poll hands pending jobs of returned orders their fresh link.
+_FRESH_LINK = (
+    update(JOBS)
+    .where(
+        JOBS.c.connection == bindparam("b_connection"),
+        JOBS.c.order_id == bindparam("b_order_id"),
+        JOBS.c.version == bindparam("b_version"),
+    )
+    .values(url=bindparam("b_url"), deadline=bindparam("b_deadline"), updated_at=bindparam("b_now"))
+)
 
 
 @dataclass(frozen=True)
@@ -111,21 +121,19 @@ def on_poll(
         )
     if new_jobs:
         conn.execute(JOBS.insert(), new_jobs)
+    fresh_links = []
     for (order_id, version), row in pending.items():
         order = returned.get(order_id)
         if order is not None and order.pdf_url:
-            conn.execute(
-                update(JOBS)
-                .where(
-                    JOBS.c.connection == connection,
-                    JOBS.c.order_id == order_id,
-                    JOBS.c.version == version,
-                )
-                .values(url=order.pdf_url, deadline=deadline, updated_at=now)
+            fresh_links.append(
+                {"b_order_id": order_id, "b_version": version, "b_url": order.pdf_url}
             )
         elif order is None and (row.url is None or row.deadline is None or row.deadline <= now):
             job = (connection, order_id, version, row.retries)
             events.append(_fail(conn, job, "expired", now))
+    if fresh_links:
+        common = {"b_connection": connection, "b_deadline": deadline, "b_now": now}
+        conn.execute(_FRESH_LINK, [common | link for link in fresh_links])
     return events
 
 
