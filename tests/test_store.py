@@ -21,6 +21,7 @@ from syncd.store.database import (
     current_revision,
     head_revision,
     open_database,
+    upgrade,
 )
 from syncd.store.mirror import ID_SLOTS, MIRROR, apply_poll, id_params
 from syncd.store.state import load_state, record_failure
@@ -71,6 +72,55 @@ def test_migrations_reach_head_and_are_idempotent(database_url: str) -> None:
     again = open_database(database_url)
     assert current_revision(again) == head_revision()
     again.close()
+
+
+def schema_of(db: Database) -> list[tuple[object, ...]]:
+    """Tables, columns, indexes and constraints as the database itself describes them."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            rows = conn.execute(
+                text(
+                    "SELECT type, name, tbl_name, sql FROM sqlite_master "
+                    "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+                )
+            )
+            return [(*row[:3], "".join(str(row[3]).split())) for row in rows]
+        queries = [
+            "SELECT table_name, column_name, ordinal_position, data_type, is_nullable, "
+            "column_default, character_maximum_length FROM information_schema.columns "
+            "WHERE table_schema = current_schema() ORDER BY 1, 3",
+            "SELECT tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = current_schema() ORDER BY 1, 2",
+            "SELECT table_name, constraint_name, constraint_type "
+            "FROM information_schema.table_constraints "
+            "WHERE table_schema = current_schema() AND constraint_type <> 'CHECK' ORDER BY 1, 2",
+        ]
+        return [tuple(row) for query in queries for row in conn.execute(text(query))]
+
+
+def test_new_database_gets_the_migrated_schema(database_url: str) -> None:
+    """A new database created from the tables equals one built by replaying migrations."""
+    from alembic import command
+
+    from syncd.store.database import _alembic_config
+    from syncd.store.schema import metadata
+
+    db = open_database(database_url, migrate=False)
+    try:
+        with db.engine.connect() as conn:
+            command.upgrade(_alembic_config(conn), "head")
+            conn.commit()
+        migrated = schema_of(db)
+        with db.engine.connect() as conn:
+            metadata.drop_all(conn)
+            conn.execute(text("DROP TABLE alembic_version"))
+            conn.commit()
+        assert schema_of(db) == []
+        upgrade(db)
+        assert schema_of(db) == migrated
+        assert current_revision(db) == head_revision()
+    finally:
+        db.close()
 
 
 def test_first_poll_creates_every_order(db: Database) -> None:

@@ -224,22 +224,51 @@ def upgrade(db: Database) -> str:
     """Apply pending migrations (a no-op when the schema is current); return the revision."""
     if current_revision(db) == SCHEMA_REVISION:
         return SCHEMA_REVISION
-    head = head_revision()
-    from alembic import command
-
     with db.engine.connect() as conn:
         conn = conn.execution_options(syncd_write=True)
         if db.is_postgresql:
             # Several processes may start at once: one migrates, the others wait.
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": OUTBOX_LOCK_KEY + 1})
         try:
-            command.upgrade(_alembic_config(conn), "head")
+            if _holds_no_syncd_table(conn):
+                _create_schema(conn)
+            else:
+                from alembic import command
+
+                command.upgrade(_alembic_config(conn), "head")
             conn.commit()
         finally:
             if db.is_postgresql:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": OUTBOX_LOCK_KEY + 1})
                 conn.commit()
-    return head
+    return current_revision(db) or SCHEMA_REVISION
+
+
+def _holds_no_syncd_table(conn: Connection) -> bool:
+    from syncd.store.schema import metadata
+
+    present = set(inspect(conn).get_table_names())
+    return present.isdisjoint({*metadata.tables, "alembic_version"})
+
+
+def _create_schema(conn: Connection) -> None:
+    """A new database gets the current schema at once, stamped with its revision, as
+    alembic recommends for new databases: no migration replay, and no alembic import in
+    a process that then lives for months. tests/test_store.py checks that this schema
+    and the migrated one are the same."""
+    from syncd.store.schema import metadata
+
+    metadata.create_all(conn)
+    # alembic's own version table, as ``alembic stamp`` would create it.
+    conn.execute(
+        text(
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+        )
+    )
+    conn.execute(
+        text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": SCHEMA_REVISION}
+    )
 
 
 class InstanceLock:

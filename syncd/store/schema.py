@@ -112,10 +112,11 @@ TOKENS = Table(
     Column("needs_authorization", Boolean(), nullable=False, default=False),
     Column("auth_error", Text(), nullable=True),
     _ts("needs_authorization_since", nullable=True),
+    _ts("updated_at"),
     # Set when a refresh was sent and its answer lost: the server may have rotated the
     # token. The next refresh is the one retry with the same token (see syncd.auth).
+    # Last, where migration 0003 added it: a new database has the migrated layout.
     _ts("refresh_in_doubt_since", nullable=True),
-    _ts("updated_at"),
 )
 
 # Every event ever emitted, in commit order; sinks read it through their cursor.
