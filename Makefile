@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint check clean
+.PHONY: demo test lint check bench clean
 
 $(BIN)/syncd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(BIN)/syncd  ## ruff and mypy (strict) on syncd/
 	$(BIN)/mypy
 
 check: lint test
+
+bench: $(BIN)/syncd  ## install the bench extra, then every issue #9 benchmark (~35-40 minutes)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache

@@ -23,11 +23,6 @@ scale    Steady-state poll cycle with 1,000,000 mirrored orders against 1,000 (r
 outbox   Delivering the newest 100 events to a JSONL sink with 1,000,000 delivered
          events behind them (cursor at the end) against 1,000. Target ratio <= 1.2.
 
-A quirk of the bundled simulator: it sends a response's headers and body in two
-segments without TCP_NODELAY, so every keep-alive GET waits ~40 ms for a delayed ACK.
-``poll`` is measured both with the simulator as shipped and with TCP_NODELAY set on its
-sockets (from this script, as a production server would); ``scale`` too (``--nodelay``).
-
 ``scale`` and ``outbox`` run on each of ``--databases`` (sqlite, postgresql); PostgreSQL
 uses a fresh schema on SYNCD_BENCH_DATABASE_URL and drops it afterwards. Needs the
 ``bench`` extra (``pip install -e '.[bench]'``) for dlt.
@@ -62,7 +57,6 @@ from syncd.logging import configure_logging
 from syncd.outbox import Channel, Dispatcher
 from syncd.poller import poll_connection
 from syncd.simulator import Simulator
-from syncd.simulator import server as sim_server
 from syncd.sinks.jsonl import JsonlSink
 from syncd.store.database import Database, open_database
 
@@ -158,22 +152,6 @@ def pg_schema() -> Iterator[str]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-@contextlib.contextmanager
-def simulator_nodelay(on: bool) -> Iterator[None]:
-    """TCP_NODELAY on the simulator's sockets (what a production HTTP server sets).
-
-    The simulator writes the headers and the body of a response in two send() calls;
-    with Nagle's algorithm on, the body waits for the client's delayed ACK (about 40 ms
-    on Linux), a network artefact that dwarfs everything else in a poll cycle."""
-    handler = sim_server._Handler
-    before = handler.disable_nagle_algorithm
-    handler.disable_nagle_algorithm = on
-    try:
-        yield
-    finally:
-        handler.disable_nagle_algorithm = before
-
-
 def timed(fn: Callable[[], object], n: int) -> float:
     """Mean seconds per call over n calls."""
     start = time.perf_counter()
@@ -224,14 +202,6 @@ class Floor:
         self.sql.close()
 
 
-def part_poll(runs: int, per_run: int) -> dict[str, Any]:
-    results = {}
-    for nodelay in (False, True):
-        with simulator_nodelay(nodelay):
-            results["nodelay" if nodelay else "as_is"] = _part_poll(runs, per_run, nodelay)
-    return results
-
-
 def _bare_get(sim: Simulator) -> Callable[[], object]:
     http = httpx.Client()
     url = sim.base_url + ORDERS_PATH
@@ -239,7 +209,7 @@ def _bare_get(sim: Simulator) -> Callable[[], object]:
     return lambda: http.get(url, headers=headers).json()
 
 
-def _part_poll(runs: int, per_run: int, nodelay: bool) -> dict[str, Any]:
+def part_poll(runs: int, per_run: int) -> dict[str, Any]:
     with synced_account() as acct, tempfile.TemporaryDirectory() as d:
         get = _bare_get(acct.sim)
         floor = Floor(acct.sim, Path(d) / "floor.db")
@@ -252,10 +222,7 @@ def _part_poll(runs: int, per_run: int, nodelay: bool) -> dict[str, Any]:
             g_runs.append(timed(get, per_run))
         floor.close()
     s, f, g = median_ms(s_runs), median_ms(f_runs), median_ms(g_runs)
-    label = "simulator with TCP_NODELAY" if nodelay else "simulator as shipped"
-    print(
-        f"poll: steady-state cycle, 20 unchanged orders, SQLite, {label} ({runs} runs x {per_run})"
-    )
+    print(f"poll: steady-state cycle, 20 unchanged orders, SQLite ({runs} runs x {per_run})")
     print(f"  syncd poll_connection: {s:.2f} ms  [{fmt_runs(s_runs)}]")
     print(f"  floor (httpx+sqlite3): {f:.2f} ms  [{fmt_runs(f_runs)}]")
     print(f"  bare GET + json():     {g:.2f} ms  [{fmt_runs(g_runs)}]")
@@ -264,7 +231,16 @@ def _part_poll(runs: int, per_run: int, nodelay: bool) -> dict[str, Any]:
         f"floor {f - g:.2f} ms",
         flush=True,
     )
-    return {"syncd_ms": s, "floor_ms": f, "get_ms": g, "ratio": s / f}
+    return {
+        "syncd_ms": s,
+        "floor_ms": f,
+        "get_ms": g,
+        "ratio": s / f,
+        "syncd_runs_ms": [1000 * v for v in s_runs],
+        "floor_runs_ms": [1000 * v for v in f_runs],
+        "get_runs_ms": [1000 * v for v in g_runs],
+        "target_ratio": 1.5,
+    }
 
 
 # -- 2. whole process: run --once, dlt, floor ---------------------------------------------
@@ -412,6 +388,11 @@ def part_oneshot(runs: int) -> dict[str, Any]:
         "dlt_over_syncd": dl / s,
         "syncd_over_floor": s / f,
         "importtime": top,
+        "syncd_runs_ms": [1000 * v for v in s_runs],
+        "dlt_runs_ms": [1000 * v for v in d_runs],
+        "floor_runs_ms": [1000 * v for v in f_runs],
+        "target_dlt_over_syncd": 3.0,
+        "target_syncd_over_floor": 2.5,
     }
 
 
@@ -472,11 +453,8 @@ def seed_mirror(db: Database, rows: int) -> None:
         conn.commit()
 
 
-def part_scale(
-    kind: str, runs: int, per_run: int, big: int, small: int, nodelay: bool
-) -> dict[str, Any]:
+def part_scale(kind: str, runs: int, per_run: int, big: int, small: int) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
-        stack.enter_context(simulator_nodelay(nodelay))
         urls = (
             [stack.enter_context(pg_schema()), stack.enter_context(pg_schema())]
             if kind == "postgresql"
@@ -499,12 +477,20 @@ def part_scale(
             small_runs.append(timed(accounts[0].poll, per_run))
             big_runs.append(timed(accounts[1].poll, per_run))
     s, b = median_ms(small_runs), median_ms(big_runs)
-    label = ", simulator with TCP_NODELAY" if nodelay else ""
-    print(f"scale ({kind}{label}): steady-state poll cycle, {runs} runs x {per_run}")
+    print(f"scale ({kind}): steady-state poll cycle, {runs} runs x {per_run}")
     print(f"  {small:,} mirrored: {s:.2f} ms  [{fmt_runs(small_runs)}]")
     print(f"  {big:,} mirrored: {b:.2f} ms  [{fmt_runs(big_runs)}]")
     print(f"  ratio {b / s:.2f}x (target <= 1.2x)", flush=True)
-    return {"small_ms": s, "big_ms": b, "ratio": b / s}
+    return {
+        "small_ms": s,
+        "big_ms": b,
+        "ratio": b / s,
+        "small_rows": small,
+        "big_rows": big,
+        "small_runs_ms": [1000 * v for v in small_runs],
+        "big_runs_ms": [1000 * v for v in big_runs],
+        "target_ratio": 1.2,
+    }
 
 
 PAYLOAD = json.dumps(
@@ -630,7 +616,16 @@ def part_outbox(kind: str, runs: int, big: int, small: int) -> dict[str, Any]:
     print(f"  {small:,} delivered behind: {s:.2f} ms  [{fmt_runs(small_runs)}]")
     print(f"  {big:,} delivered behind: {b:.2f} ms  [{fmt_runs(big_runs)}]")
     print(f"  ratio {b / s:.2f}x (target <= 1.2x)", flush=True)
-    return {"small_ms": s, "big_ms": b, "ratio": b / s}
+    return {
+        "small_ms": s,
+        "big_ms": b,
+        "ratio": b / s,
+        "small_rows": small,
+        "big_rows": big,
+        "small_runs_ms": [1000 * v for v in small_runs],
+        "big_runs_ms": [1000 * v for v in big_runs],
+        "target_ratio": 1.2,
+    }
 
 
 def main() -> None:
@@ -641,34 +636,31 @@ def main() -> None:
     parser.add_argument("--per-run", type=int, default=50, help="polls per timed run")
     parser.add_argument("--big", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=1_000)
-    parser.add_argument(
-        "--nodelay",
-        choices=["off", "on", "both"],
-        default="both",
-        help="scale part: TCP_NODELAY on the simulator (see poll)",
-    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     configure_logging("error", "json")
     parts = args.parts.split(",")
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {
+        "params": {"runs": args.runs, "per_run": args.per_run, "big": args.big, "small": args.small}
+    }
+
+    def record(key: str, figures: Any) -> None:
+        """Written after every part, so a later failure keeps what was measured."""
+        results[key] = figures
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+
     if "poll" in parts:
-        results["poll"] = part_poll(args.runs, args.per_run)
+        record("poll", part_poll(args.runs, args.per_run))
     if "oneshot" in parts:
-        results["oneshot"] = part_oneshot(args.runs)
+        record("oneshot", part_oneshot(args.runs))
     if "breakdown" in parts:
-        results["breakdown"] = part_breakdown(args.runs)
+        record("breakdown", part_breakdown(args.runs))
     for kind in args.databases.split(","):
         if "scale" in parts:
-            for nodelay in (False, True) if args.nodelay == "both" else (args.nodelay == "on",):
-                key = f"scale_{kind}" + ("_nodelay" if nodelay else "")
-                results[key] = part_scale(
-                    kind, args.runs, args.per_run, args.big, args.small, nodelay
-                )
+            record(f"scale_{kind}", part_scale(kind, args.runs, args.per_run, args.big, args.small))
         if "outbox" in parts:
-            results[f"outbox_{kind}"] = part_outbox(kind, args.runs, args.big, args.small)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+            record(f"outbox_{kind}", part_outbox(kind, args.runs, args.big, args.small))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,14 @@
 2. Scale point: 200 connections at 60 s in one process (PostgreSQL, fresh schema, as
    bench/scale.py), CPU over a window that starts after the first burst (4,000 PDFs)
    has settled. Target: <= 25 % of one core.
+
+``--json FILE`` also writes the printed figures (and the targets) after each part.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -26,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -33,6 +37,9 @@ from syncd.simulator import Simulator
 
 ORDERS = "/api/v1/purchase_orders.php"
 TICKS = os.sysconf("SC_CLK_TCK")
+# Issue #9's targets: one connection (RSS, CPU) and the 200-connection point (CPU).
+TARGETS_ONE = {"target_rss_mb": 80.0, "target_cpu_pct": 0.1}
+TARGETS_SCALE = {"target_cpu_pct": 25.0}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -151,16 +158,26 @@ def main() -> None:
         help="window in seconds (default 600 for one, 180 for scale)",
     )
     parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    results: dict[str, Any] = {}
+
+    def record(part: str, figures: dict[str, float], **extra: Any) -> None:
+        results[part] = {**figures, "interval_s": args.interval, **extra}
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
     if args.part in ("one", "both"):
-        measure("", 1, args.interval, args.warmup or 15, args.window or 600, "idle")
+        warmup = args.warmup or 15
+        figures = measure("", 1, args.interval, warmup, args.window or 600, "idle")
+        record("one", figures, connections=1, warmup_s=warmup, database="sqlite", **TARGETS_ONE)
     if args.part in ("scale", "both"):
         base = os.environ.get(
             "SYNCD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
         )
         schema, url = fresh_schema(base)
         try:
-            measure(
+            figures = measure(
                 url,
                 args.connections,
                 args.interval,
@@ -170,6 +187,14 @@ def main() -> None:
             )
         finally:
             drop_schema(base, schema)
+        record(
+            "scale",
+            figures,
+            connections=args.connections,
+            warmup_s=args.warmup or 150,
+            database="postgresql",
+            **TARGETS_SCALE,
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """PDF archive benchmark (not a test): burst time and memory while archiving.
 
     .venv/bin/python bench/pdfs.py [--runs N] [--server thread|process|both] [--no-memory]
+        [--json FILE]
 
 1. Burst: 20 new orders with 5 MB PDFs. syncd is timed from the start of the poll to
    the commit of the last ``pdf_archived`` event (the poll's fetch and commit, then the
@@ -21,6 +22,8 @@
    ``run --once`` (start-up and delivery included), median of 3.
 2. Memory: peak RSS of a ``syncd run --once`` process archiving one 200 MB PDF, versus
    the same run archiving a 1 KB PDF (the growth is what archiving costs).
+
+``--json FILE`` also writes the printed figures (medians, every run, ratios, targets).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -55,6 +59,8 @@ CONCURRENCY = 4
 ORDERS = 20
 PDF_SIZE = 5 * MB
 CHUNK = 1 << 16
+TARGET_RATIO = 1.3  # syncd's burst against the raw downloads
+TARGET_GROWTH_MB = 30.0  # peak RSS growth archiving one 200 MB PDF
 
 
 @dataclass(frozen=True)
@@ -265,7 +271,7 @@ def _runs(values: list[float]) -> str:
     return ", ".join(f"{v:.3f}" for v in values)
 
 
-def burst(runs: int, process: bool) -> None:
+def burst(runs: int, process: bool) -> dict[str, Any]:
     burst_syncd(process)  # warm-up (imports, first migration), not counted
     syncd_times: list[float] = []
     poll_times: list[float] = []
@@ -292,6 +298,32 @@ def burst(runs: int, process: bool) -> None:
     paired_raw = statistics.median(a / b for a, b in zip(syncd_times, raw_times, strict=True))
     paired_full = statistics.median(a / b for a, b in zip(syncd_times, full_times, strict=True))
     print(f"  median of per-run ratios: {paired_raw:.2f}x and {paired_full:.2f}x")
+    return {
+        "server": "process" if process else "thread",
+        "orders": ORDERS,
+        "pdf_mb": PDF_SIZE // MB,
+        "concurrency": CONCURRENCY,
+        "runs": runs,
+        "syncd_s": s,
+        "syncd_runs_s": syncd_times,
+        "poll_s": statistics.median(poll_times),
+        "poll_runs_s": poll_times,
+        "raw_s": r,
+        "raw_runs_s": raw_times,
+        "integrity_s": f,
+        "integrity_runs_s": full_times,
+        "ratio_raw": s / r,
+        "ratio_integrity": s / f,
+        "paired_ratio_raw": paired_raw,
+        "paired_ratio_integrity": paired_full,
+        "target_ratio_raw": TARGET_RATIO,
+    }
+
+
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    """Written after every part, so a later failure keeps what was measured."""
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2))
 
 
 def main() -> None:
@@ -299,20 +331,39 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--server", choices=["thread", "process", "both"], default="both")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     configure_logging("error", "json")
+    results: dict[str, Any] = {}
     for process in (False, True):
         if args.server in ("both", "process" if process else "thread"):
-            burst(args.runs, process)
+            part = burst(args.runs, process)
+            results[f"burst_{part['server']}"] = part
+            write_json(args.json, results)
     once = [whole_run_once() for _ in range(3)]
     print(f"whole run --once, start-up and delivery included: {statistics.median(once):.3f} s")
+    results["whole_run_once"] = {"median_s": statistics.median(once), "runs_s": once}
+    write_json(args.json, results)
     if args.no_memory:
         return
-    small = statistics.median(peak_rss_mb(1024) for _ in range(2))
-    large = statistics.median(peak_rss_mb(200 * MB) for _ in range(2))
+    smalls = [peak_rss_mb(1024) for _ in range(2)]
+    larges = [peak_rss_mb(200 * MB) for _ in range(2)]
+    small = statistics.median(smalls)
+    large = statistics.median(larges)
     print("memory: peak RSS of `syncd run --once`")
     print(f"  one 1 KB PDF:   {small:.1f} MB")
     print(f"  one 200 MB PDF: {large:.1f} MB (growth {large - small:.1f} MB)")
+    results["memory"] = {
+        "small_pdf_bytes": 1024,
+        "large_pdf_bytes": 200 * MB,
+        "small_mb": small,
+        "small_runs_mb": smalls,
+        "large_mb": large,
+        "large_runs_mb": larges,
+        "growth_mb": large - small,
+        "target_growth_mb": TARGET_GROWTH_MB,
+    }
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Not part of the test suite. Run from the repository root:
 
     .venv/bin/python bench/sinks.py                    # every sink
     .venv/bin/python bench/sinks.py --sinks redis,nats --events 20000
+    .venv/bin/python bench/sinks.py --json sinks.json  # also write the figures
 
 Broker URLs: the same SYNCD_TEST_*_URL variables as tests/test_sinks_brokers.py.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import platform
@@ -46,6 +48,8 @@ MQTT_URL = os.environ.get("SYNCD_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 AMQP_URL = os.environ.get("SYNCD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 # Signing is part of the webhook's cost; this is the Standard Webhooks test vector's key.
 BENCH_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - a published test key
+# Issue #9's targets, events/s through send(), by --sinks name; the others have none.
+TARGETS = {"jsonl": 20_000, "redis": 10_000, "nats": 10_000, "webhook": 1_000}
 
 
 def make_events(count: int) -> list[StoredEvent]:
@@ -146,6 +150,7 @@ class Case:
     build: Callable[[], Sink]
     check: Callable[[int], int]  # the number of events the far side holds
     cleanup: Callable[[], None] = lambda: None
+    at_most_once: bool = False  # MQTT QoS 0: the far side may hold fewer, by design
 
 
 def webhook_case(url: str, counter: Synchronized[int], batch_size: int) -> Case:
@@ -274,7 +279,7 @@ def mqtt_case(qos: int) -> Case:
         subscriber.disconnect()
         subscriber.loop_stop()
 
-    return Case(f"mqtt (qos {qos})", build, check, cleanup)
+    return Case(f"mqtt (qos {qos})", build, check, cleanup, at_most_once=qos == 0)
 
 
 def amqp_case() -> Case:
@@ -342,7 +347,9 @@ def run_once(case: Case, events: Sequence[StoredEvent], batch: int) -> float:
     finally:
         sink.close()
     held = case.check(len(events))
-    if held < len(events):
+    if held < len(events) and case.at_most_once:
+        print(f"  {case.name}: the far side holds {held} of {len(events)} events (at most once)")
+    elif held < len(events):
         raise SystemExit(f"{case.name}: the far side holds {held} of {len(events)} events")
     return elapsed
 
@@ -358,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated: jsonl, webhook, webhook-batch, redis, nats, nats-core, mqtt, "
         "mqtt-qos0, amqp",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     wanted = [name.strip() for name in args.sinks.split(",") if name.strip()]
     events = make_events(args.events)
@@ -368,6 +376,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs",
         flush=True,
     )
+    results: dict[str, Any] = {
+        "events": args.events,
+        "batch": args.batch,
+        "runs": args.runs,
+        "event_bytes": size,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "sinks": {},
+    }
     with receiver() as (url, counter):
         factories: dict[str, Callable[[], Case]] = {
             "jsonl": jsonl_case,
@@ -391,6 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 case.cleanup()
             runs = ", ".join(f"{rate:,.0f}" for rate in rates)
             print(f"{case.name:<30}{statistics.median(rates):>18,.0f}   {runs}", flush=True)
+            results["sinks"][name] = {
+                "label": case.name,
+                "median_per_s": statistics.median(rates),
+                "runs_per_s": rates,
+                "target_per_s": TARGETS.get(name),
+            }
+            if args.json:  # after every sink, so a later failure keeps what was measured
+                args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
