@@ -453,6 +453,23 @@ def seed_mirror(db: Database, rows: int) -> None:
         conn.commit()
 
 
+def size_figures(
+    small: int, big: int, small_runs: list[float], big_runs: list[float]
+) -> dict[str, Any]:
+    """The JSON of a big-against-small comparison (scale, outbox)."""
+    s, b = median_ms(small_runs), median_ms(big_runs)
+    return {
+        "small_ms": s,
+        "big_ms": b,
+        "ratio": b / s,
+        "small_rows": small,
+        "big_rows": big,
+        "small_runs_ms": [1000 * v for v in small_runs],
+        "big_runs_ms": [1000 * v for v in big_runs],
+        "target_ratio": 1.2,
+    }
+
+
 def part_scale(kind: str, runs: int, per_run: int, big: int, small: int) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         urls = (
@@ -481,16 +498,7 @@ def part_scale(kind: str, runs: int, per_run: int, big: int, small: int) -> dict
     print(f"  {small:,} mirrored: {s:.2f} ms  [{fmt_runs(small_runs)}]")
     print(f"  {big:,} mirrored: {b:.2f} ms  [{fmt_runs(big_runs)}]")
     print(f"  ratio {b / s:.2f}x (target <= 1.2x)", flush=True)
-    return {
-        "small_ms": s,
-        "big_ms": b,
-        "ratio": b / s,
-        "small_rows": small,
-        "big_rows": big,
-        "small_runs_ms": [1000 * v for v in small_runs],
-        "big_runs_ms": [1000 * v for v in big_runs],
-        "target_ratio": 1.2,
-    }
+    return size_figures(small, big, small_runs, big_runs)
 
 
 PAYLOAD = json.dumps(
@@ -616,16 +624,7 @@ def part_outbox(kind: str, runs: int, big: int, small: int) -> dict[str, Any]:
     print(f"  {small:,} delivered behind: {s:.2f} ms  [{fmt_runs(small_runs)}]")
     print(f"  {big:,} delivered behind: {b:.2f} ms  [{fmt_runs(big_runs)}]")
     print(f"  ratio {b / s:.2f}x (target <= 1.2x)", flush=True)
-    return {
-        "small_ms": s,
-        "big_ms": b,
-        "ratio": b / s,
-        "small_rows": small,
-        "big_rows": big,
-        "small_runs_ms": [1000 * v for v in small_runs],
-        "big_runs_ms": [1000 * v for v in big_runs],
-        "target_ratio": 1.2,
-    }
+    return size_figures(small, big, small_runs, big_runs)
 
 
 def main() -> None:

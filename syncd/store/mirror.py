@@ -40,27 +40,22 @@ def id_params(ids: list[int]) -> list[dict[str, int]]:
     return chunks
 
 
-# Built once: a quiet poll runs these every time, and building them costs more than
-# running them.
-_MIRRORED = select(
-    MIRROR.c.id,
-    MIRROR.c.po_number,
-    MIRROR.c.vendor_name,
-    MIRROR.c.grand_total,
-    MIRROR.c.status,
-    MIRROR.c.items_summary,
-    MIRROR.c.version,
-).where(
-    MIRROR.c.connection == bindparam("b_connection"),
-    MIRROR.c.id.in_(_IDS),
-)
-_SEEN = (
+# One statement, built once, marks the returned orders seen and reads what the mirror
+# holds of them: a quiet poll needs nothing else from this table. Orders that changed
+# are rewritten after the diff.
+_SEEN_RETURNING = (
     update(MIRROR)
-    .where(
-        MIRROR.c.connection == bindparam("b_connection"),
-        MIRROR.c.id.in_(_IDS),
-    )
+    .where(MIRROR.c.connection == bindparam("b_connection"), MIRROR.c.id.in_(_IDS))
     .values(last_seen_at=bindparam("b_now"))
+    .returning(
+        MIRROR.c.id,
+        MIRROR.c.po_number,
+        MIRROR.c.vendor_name,
+        MIRROR.c.grand_total,
+        MIRROR.c.status,
+        MIRROR.c.items_summary,
+        MIRROR.c.version,
+    )
 )
 
 
@@ -76,10 +71,14 @@ class PollOutcome:
     previous_outcome: str | None
 
 
-def _mirrored(conn: Connection, connection: str, ids: list[int]) -> dict[int, MirroredOrder]:
+def _mark_seen(
+    conn: Connection, connection: str, ids: list[int], now: datetime
+) -> dict[int, MirroredOrder]:
+    """Mark the mirrored orders among ``ids`` as seen at ``now``; return what they hold."""
     mirrored = {}
     for params in id_params(ids):
-        for row in conn.execute(_MIRRORED, {"b_connection": connection, **params}):
+        rows = conn.execute(_SEEN_RETURNING, {"b_connection": connection, "b_now": now, **params})
+        for row in rows:
             mirrored[row.id] = MirroredOrder(*row)
     return mirrored
 
@@ -120,12 +119,6 @@ def _write_changes(
                 .where(MIRROR.c.connection == connection, MIRROR.c.id == change.order.id)
                 .values(**_business_row(change.order, change.version, now))
             )
-    unchanged = [c.order.id for c in changes if c.kind is ChangeKind.UNCHANGED]
-    if unchanged:
-        conn.execute(
-            _SEEN,
-            [{"b_connection": connection, "b_now": now, **p} for p in id_params(unchanged)],
-        )
 
 
 def apply_poll(
@@ -135,7 +128,7 @@ def apply_poll(
     ids = [order.id for order in orders]
     with db.write() as conn:
         lock_connection_for_poll(conn, connection)
-        mirrored = _mirrored(conn, connection, ids)
+        mirrored = _mark_seen(conn, connection, ids, now)
         mirror_empty = not mirrored and _mirror_empty(conn, connection)
         # Events of a poll go out oldest order first.
         changes = sorted(diff_window(orders, mirrored), key=lambda c: c.order.id)
