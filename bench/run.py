@@ -567,6 +567,12 @@ def main() -> int:
         action="store_true",
         help="print the table; leave docs/performance.md and bench/results/ alone",
     )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="with --only or --quick, replace the table anyway (by default a partial run "
+        "leaves the last full run's table in place)",
+    )
     parser.add_argument("--render-from", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -604,7 +610,10 @@ def main() -> int:
 
     table = render(Figures(data, meta))
     print("\n" + table + "\n")
-    if not args.no_write:
+    partial = bool(args.only or args.quick) and not args.write
+    if partial and not args.no_write:
+        print("a partial run (--only or --quick): docs/performance.md keeps the last full run")
+    if not args.no_write and not partial:
         write_doc(table)
         LATEST.parent.mkdir(exist_ok=True)
         LATEST.write_text(json.dumps({"meta": meta, **data}, indent=2) + "\n")
