@@ -397,7 +397,13 @@ class Archiver:
             follow_redirects=False,
             transport=transport,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            headers={"User-Agent": "syncd", "Accept": "application/pdf"},
+            # PDFs are compressed already; a compressed body would be inflated a whole
+            # chunk at a time before max_bytes could see it.
+            headers={
+                "User-Agent": "syncd",
+                "Accept": "application/pdf",
+                "Accept-Encoding": "identity",
+            },
         )
         make_private_dir(self.pdf_dir)  # the state dir too, when it does not exist yet
         removed = remove_stale_temporaries(self.pdf_dir, older_than=2 * download_timeout)

@@ -285,6 +285,17 @@ def test_pdf_host_never_sees_the_bearer_token(
     assert all(r.headers["authorization"].startswith("Bearer ") for r in api_requests)
 
 
+def test_pdf_requests_ask_for_an_uncompressed_body(
+    sim: Simulator, configure: Callable[..., tuple[Config, Setup]], clock: FastClock
+) -> None:
+    """PDF downloads send Accept-Encoding: identity, so max_bytes counts what arrives."""
+    config, _ = configure()
+    assert run_once(config, sleep=clock.sleep, clock=clock) == []
+    pdf_requests = [r for r in sim.stats.requests if r.path == "/print_po.php"]
+    assert len(pdf_requests) == 20
+    assert {r.headers["accept-encoding"] for r in pdf_requests} == {"identity"}
+
+
 def test_html_body_is_never_archived(
     sim: Simulator, configure: Callable[..., tuple[Config, Setup]], clock: FastClock
 ) -> None:
