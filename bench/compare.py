@@ -454,10 +454,14 @@ def seed_mirror(db: Database, rows: int) -> None:
 
 
 def size_figures(
-    small: int, big: int, small_runs: list[float], big_runs: list[float]
+    title: str, label: str, small: int, big: int, small_runs: list[float], big_runs: list[float]
 ) -> dict[str, Any]:
-    """The JSON of a big-against-small comparison (scale, outbox)."""
+    """Print a big-against-small comparison (scale, outbox) and return its JSON."""
     s, b = median_ms(small_runs), median_ms(big_runs)
+    print(title)
+    print(f"  {small:,} {label}: {s:.2f} ms  [{fmt_runs(small_runs)}]")
+    print(f"  {big:,} {label}: {b:.2f} ms  [{fmt_runs(big_runs)}]")
+    print(f"  ratio {b / s:.2f}x (target <= 1.2x)", flush=True)
     return {
         "small_ms": s,
         "big_ms": b,
@@ -493,12 +497,8 @@ def part_scale(kind: str, runs: int, per_run: int, big: int, small: int) -> dict
         for _ in range(runs):
             small_runs.append(timed(accounts[0].poll, per_run))
             big_runs.append(timed(accounts[1].poll, per_run))
-    s, b = median_ms(small_runs), median_ms(big_runs)
-    print(f"scale ({kind}): steady-state poll cycle, {runs} runs x {per_run}")
-    print(f"  {small:,} mirrored: {s:.2f} ms  [{fmt_runs(small_runs)}]")
-    print(f"  {big:,} mirrored: {b:.2f} ms  [{fmt_runs(big_runs)}]")
-    print(f"  ratio {b / s:.2f}x (target <= 1.2x)", flush=True)
-    return size_figures(small, big, small_runs, big_runs)
+    title = f"scale ({kind}): steady-state poll cycle, {runs} runs x {per_run}"
+    return size_figures(title, "mirrored", small, big, small_runs, big_runs)
 
 
 PAYLOAD = json.dumps(
@@ -619,12 +619,8 @@ def part_outbox(kind: str, runs: int, big: int, small: int) -> dict[str, Any]:
         for _ in range(runs):
             small_runs.append(setups[0].deliver())
             big_runs.append(setups[1].deliver())
-    s, b = median_ms(small_runs), median_ms(big_runs)
-    print(f"outbox ({kind}): deliver the newest 100 events to JSONL, {runs} runs")
-    print(f"  {small:,} delivered behind: {s:.2f} ms  [{fmt_runs(small_runs)}]")
-    print(f"  {big:,} delivered behind: {b:.2f} ms  [{fmt_runs(big_runs)}]")
-    print(f"  ratio {b / s:.2f}x (target <= 1.2x)", flush=True)
-    return size_figures(small, big, small_runs, big_runs)
+    title = f"outbox ({kind}): deliver the newest 100 events to JSONL, {runs} runs"
+    return size_figures(title, "delivered behind", small, big, small_runs, big_runs)
 
 
 def main() -> None:

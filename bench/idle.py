@@ -23,28 +23,19 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
+# Run as a script from bench/: its sibling holds the shared pieces.
+from scale import ORDERS, cpu_seconds, drop_schemas, fresh_schema, start, write_config
 
 from syncd.simulator import Simulator
 
-ORDERS = "/api/v1/purchase_orders.php"
-TICKS = os.sysconf("SC_CLK_TCK")
 # Issue #9's targets: one connection (RSS, CPU) and the 200-connection point (CPU).
 TARGETS_ONE = {"target_rss_mb": 80.0, "target_cpu_pct": 0.1}
 TARGETS_SCALE = {"target_cpu_pct": 25.0}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def rss_mb(pid: int) -> float:
@@ -60,54 +51,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(
-    tmp: Path, url: str, sim: Simulator, n: int, interval: int, listen: str
-) -> tuple[Path, dict[str, str]]:
-    env = {"SECRET": sim.client_secret}
-    blocks = []
-    for i in range(n):
-        env[f"T{i}"] = str(sim.issue_tokens()["refresh_token"])
-        blocks.append(
-            f'[[connections]]\nname = "c{i}"\nbase_url = "{sim.base_url}"\n'
-            f'client_id = "{sim.client_id}"\nclient_secret = "${{SECRET}}"\n'
-            f'refresh_token = "${{T{i}}}"\npoll_interval = {interval}\n'
-        )
-    path = tmp / "syncd.toml"
-    path.write_text(
-        f'[daemon]\nstate_dir = "{tmp}/state"\nlog_level = "warning"\nlisten = "{listen}"\n'
-        f'[database]\nurl = "{url}"\n'
-        f'[[sinks]]\nname = "file"\ntype = "jsonl"\npath = "{tmp}/events.jsonl"\n'
-        + "\n".join(blocks)
-    )
-    return path, env
-
-
-def fresh_schema(base: str) -> tuple[str, str]:
-    schema = "bench_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return schema, f"{base}?options=-csearch_path%3D{schema}"
-
-
-def drop_schema(base: str, schema: str) -> None:
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def measure(
     url: str, n: int, interval: int, warmup: float, window: float, label: str
 ) -> dict[str, float]:
     with Simulator(seed=1, orders=25).start() as sim, tempfile.TemporaryDirectory() as d:
         listen = f"127.0.0.1:{free_port()}"
+        sink = f'[[sinks]]\nname = "file"\ntype = "jsonl"\npath = "{d}/events.jsonl"\n'
         path, env = write_config(
-            Path(d), url or f"sqlite:///{d}/state/syncd.db", sim, n, interval, listen
+            Path(d), url or f"sqlite:///{d}/state/syncd.db", sim, n, interval, listen, sink
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "--config", str(path), "run"],
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start(path, env)
         try:
             time.sleep(warmup)
             if proc.poll() is not None:
@@ -175,7 +128,7 @@ def main() -> None:
         base = os.environ.get(
             "SYNCD_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
         )
-        schema, url = fresh_schema(base)
+        url = fresh_schema(base)
         try:
             figures = measure(
                 url,
@@ -186,7 +139,7 @@ def main() -> None:
                 "scale",
             )
         finally:
-            drop_schema(base, schema)
+            drop_schemas(base)
         record(
             "scale",
             figures,

@@ -35,7 +35,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def write_config(
-    tmp: Path, url: str, sim: Simulator, n: int, interval: int
+    tmp: Path, url: str, sim: Simulator, n: int, interval: int, listen: str = "", sinks: str = ""
 ) -> tuple[Path, dict[str, str]]:
     env = {"SECRET": sim.client_secret}
     blocks = []
@@ -48,8 +48,8 @@ def write_config(
         )
     path = tmp / "syncd.toml"
     path.write_text(
-        f'[daemon]\nstate_dir = "{tmp}/state"\nlog_level = "warning"\nlisten = ""\n'
-        f'[database]\nurl = "{url}"\n' + "\n".join(blocks)
+        f'[daemon]\nstate_dir = "{tmp}/state"\nlog_level = "warning"\nlisten = "{listen}"\n'
+        f'[database]\nurl = "{url}"\n' + sinks + "\n".join(blocks)
     )
     return path, env
 

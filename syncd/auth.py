@@ -138,7 +138,6 @@ class TokenManager:
 
     def refresh_after_401(self, rejected: str) -> str:
         """The API refused ``rejected``: refresh once (unless another caller just did)."""
-        self._cached = None
         return self._refresh(stale_access=rejected)
 
     def _check_usable(self, token: tokens.StoredToken) -> None:

@@ -186,6 +186,15 @@ def test_each_connection_polled_once_per_interval(
     assert all(shares)  # every process got work
 
 
+def stored_event_ids(url: str) -> list[str]:
+    """Every event id in the outbox, in commit order."""
+    db = open_database(url)
+    try:
+        return [e.event_id for e in outbox.read_after(db, 0, 100_000)]
+    finally:
+        db.close()
+
+
 @pytest.mark.postgres
 def test_kill_moves_the_connection_within_one_interval(cluster: Callable[..., Cluster]) -> None:
     """kill -9 of a process: its connections are polled by the other within one interval,
@@ -206,11 +215,7 @@ def test_kill_moves_the_connection_within_one_interval(cluster: Callable[..., Cl
     second.send_signal(signal.SIGTERM)
     second.wait(timeout=20)
     assert run_syncd(c.setup, "run", "--once").code == 0  # flush what is pending
-    db = open_database(c.config.database.url)
-    try:
-        stored = [e.event_id for e in outbox.read_after(db, 0, 100_000)]
-    finally:
-        db.close()
+    stored = stored_event_ids(c.config.database.url)
     delivered = read_events(c.events_file)
     assert_delivered_in_order(delivered, stored)
 
@@ -293,11 +298,7 @@ def test_sink_order_holds_while_processes_are_killed_and_restarted(
     # Deliver what is still pending. Orders keep changing, so a PDF link may die between
     # poll and download (exit 4, the job waits for the next link): events are what counts.
     assert run_syncd(c.setup, "run", "--once").code in (0, 4)
-    db = open_database(c.config.database.url)
-    try:
-        stored = [e.event_id for e in outbox.read_after(db, 0, 100_000)]
-    finally:
-        db.close()
+    stored = stored_event_ids(c.config.database.url)
     delivered = read_events(c.events_file)
     assert any(e["type"].endswith("purchase_order.updated") for e in delivered)
     assert_delivered_in_order(delivered, stored)

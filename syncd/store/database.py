@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from syncd.errors import AlreadyRunning, ConfigError, SyncdError
+from syncd.store.schema import metadata
 
 BUSY_TIMEOUT_SECONDS = 60.0  # longer than one refresh call holding the write lock
 OUTBOX_LOCK_KEY = 0x73796E6364  # "syncd": serialises outbox appends on PostgreSQL
@@ -245,8 +246,6 @@ def upgrade(db: Database) -> str:
 
 
 def _holds_no_syncd_table(conn: Connection) -> bool:
-    from syncd.store.schema import metadata
-
     present = set(inspect(conn).get_table_names())
     return present.isdisjoint({*metadata.tables, "alembic_version"})
 
@@ -256,8 +255,6 @@ def _create_schema(conn: Connection) -> None:
     alembic recommends for new databases: no migration replay, and no alembic import in
     a process that then lives for months. tests/test_store.py checks that this schema
     and the migrated one are the same."""
-    from syncd.store.schema import metadata
-
     metadata.create_all(conn)
     # alembic's own version table, as ``alembic stamp`` would create it.
     conn.execute(
